@@ -1,0 +1,317 @@
+"""The autodiff engine: grad mode, primitives, the graph, and backward.
+
+A primitive is a function on ndarrays that returns its output and a vector-Jacobian
+product (vjp) closure. ``apply`` runs it on Tensors and, when a gradient is needed,
+records the output's parents and vjp on the output Tensor itself (no separate node
+objects). ``backward`` walks that graph in Kahn order (iteratively, so depth is only
+bounded by memory), sums every use's gradient, and reduces broadcast gradients back
+to each input's shape in one place: ``unbroadcast``.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import gc
+import inspect
+import threading
+
+import numpy as np
+
+from .tensor import Tensor
+
+__all__ = ["primitive", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled",
+           "detect_anomaly", "backward", "unbroadcast", "graph_size"]
+
+_state = threading.local()   # grad mode, anomaly mode and any active trace are per thread
+
+
+def is_grad_enabled() -> bool:
+    return getattr(_state, "grad", True)
+
+
+class set_grad_enabled(contextlib.ContextDecorator):
+    """Context manager and decorator that sets grad mode for the current thread."""
+
+    def __init__(self, mode: bool):
+        self.mode = bool(mode)
+
+    def __enter__(self):
+        self.prev = is_grad_enabled()
+        _state.grad = self.mode
+
+    def __exit__(self, *exc):
+        _state.grad = self.prev
+
+
+class no_grad(set_grad_enabled):
+    """Record nothing inside: results do not require grad. Context manager and decorator."""
+
+    def __init__(self):
+        super().__init__(False)
+
+
+class enable_grad(set_grad_enabled):
+    def __init__(self):
+        super().__init__(True)
+
+
+class detect_anomaly(contextlib.ContextDecorator):
+    """Raise ``FloatingPointError`` at the first op whose forward or backward gives NaN or inf."""
+
+    def __enter__(self):
+        self.prev = getattr(_state, "anomaly", False)
+        _state.anomaly = True
+
+    def __exit__(self, *exc):
+        _state.anomaly = self.prev
+
+
+def _check_finite(arr, what):
+    if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = "NaN" if np.isnan(arr).any() else "inf"
+        raise FloatingPointError(f"detect_anomaly: {what} produced {bad} (shape {arr.shape})")
+
+
+# ---------------------------------------------------------------------------- primitives
+
+class Primitive:
+    """What ``apply`` needs to know about one primitive. ``fn(*arrays, **static)`` returns
+    ``(out, vjp)``; ``batch`` names how the op behaves with an extra leading (time) axis on
+    its inputs, which lets ``scan`` hoist or defer it (None: it cannot)."""
+
+    __slots__ = ("fn", "name", "batch", "wants_needs", "explain", "builtin")
+
+    def __init__(self, fn, name, batch, explain, builtin):
+        self.fn, self.name, self.batch, self.explain, self.builtin = fn, name, batch, explain, builtin
+        self.wants_needs = "needs_grad" in inspect.signature(fn).parameters
+
+
+def primitive(fn=None, *, name=None, batch=None, explain=None, _builtin=False):
+    """Turn ``fn(*arrays, **static) -> (out, vjp)`` into an op on Tensors.
+
+    ``vjp(g)`` returns one gradient per positional input (None where there is none); gradients
+    may have the broadcast shape, the engine sums them back to each input's shape. Positional
+    arguments are operands (Tensors, arrays or numbers); keyword arguments are static. A
+    primitive that declares a ``needs_grad`` keyword receives a tuple of booleans saying which
+    operands need a gradient, so its vjp can skip the others.
+    """
+    def wrap(f):
+        prim = Primitive(f, name or f.__name__, batch, explain, _builtin)
+
+        @functools.wraps(f)
+        def op(*args, **kwargs):
+            return apply(prim, args, kwargs)
+        op.prim = prim
+        return op
+    return wrap(fn) if fn is not None else wrap
+
+
+def _describe(prim, arrays, kwargs, err):
+    shapes = [np.shape(a) for a in arrays]
+    if prim.explain is not None:
+        msg = prim.explain(*arrays, **kwargs)
+        if msg:
+            return f"{prim.name}: {msg}"
+    dtypes = ", ".join(str(np.asarray(a).dtype) for a in arrays)
+    shown = " and ".join(str(s) for s in shapes)
+    return f"{prim.name}: invalid input (shapes {shown}; dtypes {dtypes}): {err}"
+
+
+_epoch = [0]   # a global clock, advanced by every in-place change to a Tensor's data (Tensor._bump)
+
+
+def apply(prim: Primitive, args, kwargs):
+    arrays = []
+    need = False
+    for a in args:
+        if isinstance(a, Tensor):
+            arrays.append(a._data)
+            need = need or a.requires_grad
+        else:
+            arrays.append(a)
+    need = need and getattr(_state, "grad", True)
+    if prim.wants_needs:
+        kwargs["needs_grad"] = tuple(need and isinstance(a, Tensor) and a.requires_grad for a in args)
+    try:
+        out, vjp = prim.fn(*arrays, **kwargs)
+    except (ValueError, TypeError, IndexError) as err:
+        raise type(err)(_describe(prim, arrays, kwargs, err)) from err
+    if type(out) is not np.ndarray:
+        out = np.asarray(out)
+    t = Tensor.__new__(Tensor)
+    t._data = out
+    t.grad = None
+    t._version = 0
+    t.name = None
+    if need:
+        t.requires_grad = True
+        t._parents = tuple(a if isinstance(a, Tensor) and a.requires_grad else None for a in args)
+        t._vjp = vjp
+        t._op = prim.name
+        t._epoch = _epoch[0]
+    else:
+        t.requires_grad = False
+        t._parents = ()
+        t._vjp = None
+        t._op = None
+    trace = getattr(_state, "trace", None)
+    if trace is not None:
+        trace.record(prim, args, kwargs, t)
+    if getattr(_state, "anomaly", False):
+        _check_finite(out, f"forward of op '{prim.name}'")
+    return t
+
+
+# ---------------------------------------------------------------------------- backward
+
+def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
+    """Sum ``grad`` over the axes that broadcasting added or stretched to reach ``shape``."""
+    if grad.shape == shape:
+        return grad
+    lead = grad.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape) if n == 1 and grad.shape[i + lead] != 1)
+    if axes:
+        grad = grad.sum(axis=axes, keepdims=True)
+    return grad.reshape(shape)
+
+
+def _freed(g):
+    raise AssertionError("unreachable")   # identity marks a node whose saved arrays were released
+
+
+def _check_versions(t):
+    """Raise if an input the vjp of ``t`` reads was modified in place after the forward."""
+    cells = [c.cell_contents for c in (getattr(t._vjp, "__closure__", None) or ())]
+    arrays = [c for c in cells if isinstance(c, np.ndarray)]
+    # A tensor's _version is the epoch of its last in-place change: later than t's own epoch
+    # means it changed after t was recorded.
+    changed = [p for p in (*t._parents, t) if p is not None and p._version > t._epoch]
+    for p in changed:
+        if any(np.may_share_memory(a, p._data) for a in arrays):
+            raise RuntimeError(
+                f"backward: an input of op '{t._op}' (shape {p.shape}, dtype {p.dtype}) was modified in place "
+                f"after the forward pass and before backward; its gradient would be wrong. Do the in-place "
+                f"change (e.g. an optimizer step) after backward, or compute on a copy.")
+
+
+def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
+    if not root.requires_grad:
+        raise RuntimeError("backward: this tensor does not require grad and has no graph "
+                           "(did any input have requires_grad=True, outside no_grad()?)")
+    if grad is None:
+        if root._data.size != 1:
+            raise RuntimeError(f"backward: grad can be created implicitly only for a single-element "
+                               f"output; this one has shape {root.shape}. Pass grad= of that shape.")
+        grad = np.ones(root.shape, root.dtype)
+    else:
+        grad = np.asarray(grad._data if isinstance(grad, Tensor) else grad, dtype=root.dtype)
+        if grad.shape != root.shape:
+            raise ValueError(f"backward: grad has shape {grad.shape} but the tensor has shape {root.shape}")
+
+    # Count each tensor's consumers, so a tensor is processed only once all its uses are summed.
+    pending = {}
+    stack = [root]
+    while stack:
+        for p in stack.pop()._parents:
+            if p is not None:
+                k = id(p)
+                if k in pending:
+                    pending[k] += 1
+                else:
+                    pending[k] = 1
+                    stack.append(p)
+
+    anomaly = getattr(_state, "anomaly", False)
+    epoch = _epoch[0]
+    grads = {id(root): grad}
+    owned = set()          # ids of gradient arrays this backward created, safe to add into in place
+    ready = [root]
+    gc_was_enabled = gc.isenabled()
+    gc.disable()           # the graph holds no cycles; collector passes over it cost 2x at depth
+    try:
+        while ready:
+            t = ready.pop()
+            g = grads.pop(id(t), None)
+            if g is not None and id(g) in owned:      # ids are only unique among live arrays:
+                owned.discard(id(g))                  # forget this one as it leaves the table
+                g_owned = True
+            else:
+                g_owned = False
+            vjp = t._vjp
+            if vjp is None:                           # a leaf: keep its gradient
+                if g is not None:
+                    _accumulate_leaf(t, g, g_owned)
+                continue
+            if vjp is _freed:
+                raise RuntimeError(
+                    f"backward: trying to backward through the graph a second time (op '{t._op}'); its saved "
+                    f"arrays were freed by the first backward. Pass retain_graph=True to the first backward "
+                    f"to backward twice.")
+            parents = t._parents
+            if g is not None:
+                if t._epoch != epoch:
+                    _check_versions(t)
+                in_grads = vjp(g)
+                if len(in_grads) != len(parents):
+                    raise RuntimeError(f"{t._op}: vjp returned {len(in_grads)} gradients for {len(parents)} inputs")
+            else:
+                in_grads = (None,) * len(parents)
+            if not retain_graph:
+                t._vjp = _freed
+            for p, gi in zip(parents, in_grads):
+                if p is None:
+                    continue
+                k = id(p)
+                if gi is not None:
+                    if type(gi) is not np.ndarray:
+                        gi = np.asarray(gi)
+                    if gi.shape != p._data.shape:
+                        try:
+                            gi = unbroadcast(gi, p._data.shape)
+                        except ValueError:
+                            raise RuntimeError(f"{t._op}: vjp returned a gradient of shape {gi.shape} for an "
+                                               f"input of shape {p._data.shape}") from None
+                    if gi.dtype != p._data.dtype:
+                        gi = gi.astype(p._data.dtype)
+                    if anomaly:
+                        _check_finite(gi, f"backward of op '{t._op}'")
+                    prev = grads.get(k)
+                    if prev is None:
+                        grads[k] = gi
+                    elif id(prev) in owned:
+                        np.add(prev, gi, out=prev)
+                    else:
+                        s = np.add(prev, gi, dtype=prev.dtype)
+                        if type(s) is not np.ndarray:     # 0-d inputs give a numpy scalar
+                            s = np.asarray(s)
+                        owned.add(id(s))
+                        grads[k] = s
+                pending[k] -= 1
+                if pending[k] == 0:
+                    ready.append(p)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _accumulate_leaf(t, g, owned):
+    if t.grad is None:
+        t.grad = g if owned and g.flags.writeable else np.array(g, dtype=t._data.dtype)
+    else:
+        t.grad = t.grad + g
+
+
+def graph_size(t: Tensor) -> int:
+    """The number of op nodes reachable from ``t`` (leaves do not count)."""
+    seen = {id(t)}
+    stack = [t]
+    n = 0
+    while stack:
+        u = stack.pop()
+        if u._op is not None:
+            n += 1
+        for p in u._parents:
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                stack.append(p)
+    return n

@@ -1,0 +1,162 @@
+"""Derived ops: built only from the primitives in ``ops``, so none has a gradient of its own."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import ops
+from .tensor import Tensor
+
+__all__ = ["mean", "var", "softmax", "log_softmax", "logsumexp", "expand_dims", "squeeze", "split",
+           "chunk", "stack", "concatenate", "where", "maximum", "minimum", "clip", "zeros", "ones",
+           "zeros_like", "ones_like", "full", "randn", "rand", "arange", "tensor"]
+
+
+def _t(x):
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _normalize_axis(axis, ndim):
+    axes = tuple(range(ndim)) if axis is None else (axis if isinstance(axis, tuple) else (axis,))
+    return tuple(a % ndim if ndim else a for a in axes)
+
+
+def _count(x, axis):
+    return int(np.prod([x.shape[a] for a in _normalize_axis(axis, x.ndim)], dtype=np.int64))
+
+
+def mean(x, axis=None, keepdims=False):
+    x = _t(x)
+    axis = tuple(axis) if isinstance(axis, list) else axis
+    return x.sum(axis, keepdims) * (1.0 / _count(x, axis))
+
+
+def var(x, axis=None, keepdims=False, ddof=0):
+    """Variance about the mean (``ddof=1`` for the unbiased estimate), as numpy.var."""
+    x = _t(x)
+    axis = tuple(axis) if isinstance(axis, list) else axis
+    d = x - x.mean(axis, keepdims=True)
+    return (d * d).sum(axis, keepdims) * (1.0 / (_count(x, axis) - ddof))
+
+
+def logsumexp(x, axis=None, keepdims=False):
+    """log(sum(exp(x))), shifted by the (detached) max so it never overflows."""
+    x = _t(x)
+    m = np.max(x.data, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    out = (x - m).exp().sum(axis, keepdims=True).log() + m
+    return out if keepdims else squeeze(out, axis if axis is not None else None)
+
+
+def log_softmax(x, axis=-1):
+    x = _t(x)
+    return x - logsumexp(x, axis, keepdims=True)
+
+
+def softmax(x, axis=-1):
+    x = _t(x)
+    e = (x - np.max(x.data, axis=axis, keepdims=True)).exp()
+    return e / e.sum(axis, keepdims=True)
+
+
+def expand_dims(x, axis):
+    x = _t(x)
+    return x.reshape(np.expand_dims(x.data, axis).shape)
+
+
+def squeeze(x, axis=None):
+    x = _t(x)
+    return x.reshape(np.squeeze(x.data, axis).shape)
+
+
+def split(x, sections, axis=0):
+    """Split into equal ``sections`` (an int) or at the given indices, as numpy.split."""
+    x = _t(x)
+    n = x.shape[axis]
+    if isinstance(sections, int):
+        if sections <= 0 or n % sections:
+            raise ValueError(f"split: axis {axis} of shape {x.shape} cannot be split into {sections} equal parts")
+        bounds = list(range(0, n + 1, n // sections))
+    else:
+        bounds = [0, *sections, n]
+    lead = (slice(None),) * (axis % x.ndim)
+    return [x[lead + (slice(lo, hi),)] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def chunk(x, chunks, axis=0):
+    """``chunks`` pieces of (nearly) equal size along ``axis``, as torch.chunk."""
+    x = _t(x)
+    n = x.shape[axis]
+    size = -(-n // chunks)
+    return split(x, list(range(size, n, size)), axis)
+
+
+def concatenate(tensors, axis=0):
+    return ops.concatenate(*tensors, axis=axis)
+
+
+def stack(tensors, axis=0):
+    tensors = [_t(t) for t in tensors]
+    return concatenate([expand_dims(t, axis) for t in tensors], axis)
+
+
+def where(cond, a, b):
+    cond = cond.data if isinstance(cond, Tensor) else cond
+    return ops.where(np.asarray(cond, dtype=bool), a, b)
+
+
+def maximum(a, b):
+    return ops.maximum(a, b)
+
+
+def minimum(a, b):
+    return ops.minimum(a, b)
+
+
+def clip(x, lo=None, hi=None):
+    return ops.clip(x, lo=lo, hi=hi)
+
+
+# ---------------------------------------------------------------- constructors
+
+def tensor(data, requires_grad=False, dtype=None):
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def zeros(*shape, dtype=np.float64, requires_grad=False):
+    return Tensor(np.zeros(_shape(shape), dtype), requires_grad)
+
+
+def ones(*shape, dtype=np.float64, requires_grad=False):
+    return Tensor(np.ones(_shape(shape), dtype), requires_grad)
+
+
+def full(shape, value, dtype=np.float64, requires_grad=False):
+    return Tensor(np.full(_shape((shape,)), value, dtype), requires_grad)
+
+
+def zeros_like(t, requires_grad=False):
+    return Tensor(np.zeros_like(t.data if isinstance(t, Tensor) else t), requires_grad)
+
+
+def ones_like(t, requires_grad=False):
+    return Tensor(np.ones_like(t.data if isinstance(t, Tensor) else t), requires_grad)
+
+
+def randn(*shape, dtype=np.float64, requires_grad=False, rng=None):
+    rng = np.random.default_rng() if rng is None else rng
+    return Tensor(rng.standard_normal(_shape(shape)).astype(dtype), requires_grad)
+
+
+def rand(*shape, dtype=np.float64, requires_grad=False, rng=None):
+    rng = np.random.default_rng() if rng is None else rng
+    return Tensor(rng.random(_shape(shape)).astype(dtype), requires_grad)
+
+
+def arange(*args, dtype=np.float64, requires_grad=False):
+    return Tensor(np.arange(*args, dtype=dtype), requires_grad)
+
+
+def _shape(shape):
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        return tuple(shape[0])
+    return tuple(shape)

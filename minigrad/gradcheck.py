@@ -1,0 +1,125 @@
+"""Compare analytic gradients with central finite differences."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from .engine import no_grad
+from .tensor import Tensor
+
+__all__ = ["gradcheck", "GradcheckError"]
+
+
+class GradcheckError(AssertionError):
+    """An analytic gradient disagrees with the finite-difference one."""
+
+
+def _outputs(fn, inputs):
+    out = fn(*inputs)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    for j, o in enumerate(outs):
+        if not isinstance(o, Tensor):
+            raise TypeError(f"gradcheck: output {j} of fn is a {type(o).__name__}, not a Tensor")
+    return outs
+
+
+def _numeric(fn, leaves, i, direction, eps):
+    """d outputs / d inputs[i] along ``direction`` by central differences (one pair of forwards)."""
+    x = leaves[i]
+    base = x._data
+    try:
+        with no_grad():
+            x._data = base + eps * direction
+            plus = [o.data.astype(np.float64) for o in _outputs(fn, leaves)]
+            x._data = base - eps * direction
+            minus = [o.data.astype(np.float64) for o in _outputs(fn, leaves)]
+    finally:
+        x._data = base
+    return [(p - m) / (2 * eps) for p, m in zip(plus, minus)]
+
+
+def _analytic_vjp(fn, leaves, j, cotangent):
+    """cotangent^T d outputs[j] / d inputs, one array per input (zeros where no path)."""
+    for x in leaves:
+        x.grad = None
+    outs = _outputs(fn, leaves)
+    o = outs[j]
+    if o.requires_grad:
+        o.backward(np.asarray(cotangent, dtype=o.dtype).reshape(o.shape))
+    return [np.zeros(x.shape) if x.grad is None else x.grad.astype(np.float64) for x in leaves]
+
+
+def _index(flat, shape):
+    return list(int(v) for v in np.unravel_index(flat, shape)) if shape else "[]"
+
+
+def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=False, raise_exception=True) -> bool:
+    """Check the gradients of ``fn`` at ``inputs`` against central finite differences.
+
+    Parameters
+    ----------
+    fn : callable
+        Takes Tensors, returns a Tensor or a tuple of Tensors.
+    inputs : Tensor or sequence
+        The inputs; those with ``requires_grad`` are checked. They are not modified: ``fn`` runs
+        on fresh leaves holding the same data.
+    eps, atol, rtol : float
+        Step of the central difference; ``|analytic - numeric| <= atol + rtol * |numeric|``.
+    fast_mode : bool
+        Compare random projections ``u^T J v`` instead of full Jacobians: one backward and one
+        pair of forwards per (output, input), however large they are.
+    raise_exception : bool
+        Raise :class:`GradcheckError` on a mismatch (naming output, input, element, analytic and
+        numeric values); otherwise return False.
+
+    Meant for float64: float32 rounding swamps a finite difference, and a warning says so.
+    """
+    inputs = (inputs,) if isinstance(inputs, Tensor) else tuple(inputs)
+    leaves = [Tensor(x.data.copy(), requires_grad=x.requires_grad) if isinstance(x, Tensor) else x for x in inputs]
+    checked = [i for i, x in enumerate(leaves) if isinstance(x, Tensor) and x.requires_grad]
+    if not checked:
+        raise ValueError("gradcheck: no input has requires_grad=True")
+    if any(leaves[i].dtype != np.float64 for i in checked):
+        warnings.warn("gradcheck: inputs are not float64; finite differences in lower precision are "
+                      "unreliable. Check in float64.", stacklevel=2)
+    outs = _outputs(fn, leaves)
+    rng = np.random.default_rng(0)
+
+    for j, o in enumerate(outs):
+        if o.dtype.kind != "f":
+            continue
+        for i in checked:
+            x = leaves[i]
+            if fast_mode:
+                u = rng.standard_normal(o.shape)
+                v = rng.standard_normal(x.shape)
+                ana = np.array([np.sum(_analytic_vjp(fn, leaves, j, u)[i] * v)])
+                num = np.array([np.sum(_numeric(fn, leaves, i, v, eps)[j] * u)])
+                where = "projection u^T J v"
+            else:
+                num = np.empty((o.size, x.size))
+                for c in range(x.size):
+                    e = np.zeros(x.size)
+                    e[c] = 1
+                    num[:, c] = _numeric(fn, leaves, i, e.reshape(x.shape), eps)[j].ravel()
+                ana = np.empty_like(num)
+                for r in range(o.size):
+                    e = np.zeros(o.size)
+                    e[r] = 1
+                    ana[r] = _analytic_vjp(fn, leaves, j, e)[i].ravel()
+                where = None
+            err = np.abs(ana - num) - (atol + rtol * np.abs(num))
+            if np.any(err > 0) or not np.all(np.isfinite(ana)):
+                k = int(np.nanargmax(np.where(np.isfinite(ana), err, np.inf)))
+                if where is None:
+                    r, c = np.unravel_index(k, ana.shape)
+                    where = f"d output{_index(r, o.shape)} / d input{_index(c, x.shape)}"
+                a, n = ana.flat[k], num.flat[k]
+                msg = (f"gradcheck: Jacobian mismatch for output {j} with respect to input {i}, at {where}: "
+                       f"analytic {a:.10g}, numeric {n:.10g}, error {abs(a - n):.3g} "
+                       f"(atol {atol}, rtol {rtol})")
+                if raise_exception:
+                    raise GradcheckError(msg)
+                return False
+    return True

@@ -1,0 +1,265 @@
+"""The primitives: each op's forward beside its vector-Jacobian product, and nothing else.
+
+Every function here receives ndarrays (and static keyword arguments) and returns
+``(output, vjp)``. Gradients may come back in the broadcast shape: the engine reduces them.
+The same definitions serve the eager engine and ``scan``'s loop compiler, which inlines
+their source into straight-line loop bodies; so each keeps to one shape: plain statements,
+then ``return out, lambda g: (...)`` (or a nested ``def vjp(g)``). ``batch`` tells the loop
+compiler the op also works with an extra leading (time) axis on its operands.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .engine import primitive
+
+ELEMENTWISE = "elementwise"   # broadcasting op: a leading time axis on an operand just broadcasts
+MATMUL = "matmul"
+INDEX = "index"               # getitem with a basic index: prepend a full slice for a time axis
+
+
+def _broadcast_explain(a, b, **_):
+    try:
+        np.broadcast_shapes(np.shape(a), np.shape(b))
+    except ValueError:
+        return f"shapes {np.shape(a)} and {np.shape(b)} cannot be broadcast together"
+    return None
+
+
+def _elementwise(fn):
+    return primitive(fn, batch=ELEMENTWISE, explain=_broadcast_explain, _builtin=True)
+
+
+def _unary(fn):
+    return primitive(fn, batch=ELEMENTWISE, _builtin=True)
+
+
+# ---------------------------------------------------------------- arithmetic
+
+@_elementwise
+def add(a, b):
+    return a + b, lambda g: (g, g)
+
+
+@_elementwise
+def subtract(a, b):
+    return a - b, lambda g: (g, -g)
+
+
+@_elementwise
+def multiply(a, b, *, needs_grad=(True, True)):
+    na, nb = needs_grad
+    return a * b, lambda g: (g * b if na else None, g * a if nb else None)
+
+
+@_elementwise
+def divide(a, b, *, needs_grad=(True, True)):
+    na, nb = needs_grad
+    out = a / b
+    return out, lambda g: (g / b if na else None, -g * out / b if nb else None)
+
+
+@_elementwise
+def power(a, b, *, needs_grad=(True, True)):
+    na, nb = needs_grad
+    out = a ** b
+    # d/db a**b = a**b log a, defined for a > 0 (a == 0 contributes 0, like PyTorch)
+    return out, lambda g: (g * b * a ** (b - 1) if na else None,
+                           g * np.where(a > 0, out * np.log(np.where(a > 0, a, 1)), 0) if nb else None)
+
+
+@_unary
+def negative(x):
+    return -x, lambda g: (-g,)
+
+
+@_unary
+def exp(x):
+    y = np.exp(x)
+    return y, lambda g: (g * y,)
+
+
+@_unary
+def log(x):
+    return np.log(x), lambda g: (g / x,)
+
+
+@_unary
+def sqrt(x):
+    y = np.sqrt(x)
+    return y, lambda g: (g / (y + y),)
+
+
+@_unary
+def absolute(x):
+    return np.abs(x), lambda g: (g * np.sign(x),)
+
+
+@_unary
+def tanh(x):
+    y = np.tanh(x)
+    return y, lambda g: (g * (1 - y * y),)
+
+
+@_unary
+def sigmoid(x):
+    # A primitive, not 1 / (1 + exp(-x)): the tanh form never overflows, and the vjp needs only y.
+    y = np.tanh(x * 0.5)
+    y *= 0.5
+    y += 0.5
+    return y, lambda g: (g * (y - y * y),)
+
+
+@_unary
+def relu(x):
+    return np.maximum(x, 0), lambda g: (g * (x > 0),)
+
+
+@_elementwise
+def maximum(a, b):
+    # ties split the gradient evenly, which is what central differences see
+    w = (a > b) + 0.5 * (a == b)
+    return np.maximum(a, b), lambda g: (g * w, g * (1 - w))
+
+
+@_elementwise
+def minimum(a, b):
+    w = (a < b) + 0.5 * (a == b)
+    return np.minimum(a, b), lambda g: (g * w, g * (1 - w))
+
+
+@_unary
+def clip(x, *, lo=None, hi=None):
+    inside = np.ones(np.shape(x), bool)
+    if lo is not None:
+        inside &= x >= lo
+    if hi is not None:
+        inside &= x <= hi
+    return np.clip(x, lo, hi), lambda g: (g * inside,)
+
+
+@_elementwise
+def where(cond, a, b):
+    cond = np.asarray(cond, dtype=bool)
+    return np.where(cond, a, b), lambda g: (None, np.where(cond, g, 0), np.where(cond, 0, g))
+
+
+@primitive(_builtin=True)
+def astype(x, *, dtype):
+    return x.astype(dtype), lambda g: (g.astype(x.dtype),)
+
+
+# ---------------------------------------------------------------- reductions
+
+def _expand(g, axis, keepdims, ndim):
+    """Give a reduced gradient back the axes the reduction removed, so it broadcasts."""
+    if axis is None or keepdims:
+        return g if keepdims or np.ndim(g) == ndim else np.reshape(g, (1,) * ndim)
+    return np.expand_dims(g, axis)
+
+
+@primitive(_builtin=True)
+def sum(x, *, axis=None, keepdims=False):
+    shape = x.shape
+    return (np.sum(x, axis=axis, keepdims=keepdims),
+            lambda g: (np.broadcast_to(_expand(g, axis, keepdims, len(shape)), shape),))
+
+
+def _extreme(reduce):
+    def fn(x, *, axis=None, keepdims=False):
+        out = reduce(x, axis=axis, keepdims=True)
+        hit = x == out                       # ties share the gradient evenly
+        share = hit / hit.sum(axis=axis, keepdims=True)
+        return (out if keepdims else np.squeeze(out, axis=axis),
+                lambda g: (_expand(g, axis, keepdims, x.ndim) * share,))
+    return fn
+
+
+max = primitive(_extreme(np.max), name="max", _builtin=True)
+min = primitive(_extreme(np.min), name="min", _builtin=True)
+
+
+# ---------------------------------------------------------------- shapes and indexing
+
+@primitive(_builtin=True)
+def reshape(x, *, shape):
+    return np.reshape(x, shape), lambda g: (np.reshape(g, x.shape),)
+
+
+@primitive(_builtin=True)
+def transpose(x, *, axes=None):
+    back = None if axes is None else tuple(np.argsort(axes))
+    return np.transpose(x, axes), lambda g: (np.transpose(g, back),)
+
+
+def _is_basic(index):
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(p is None or p is Ellipsis or isinstance(p, (int, slice, np.integer)) for p in parts)
+
+
+def _getitem_explain(x, *, index):
+    return f"index {index!r} is invalid for shape {np.shape(x)}"
+
+
+@primitive(batch=INDEX, explain=_getitem_explain, _builtin=True)
+def getitem(x, *, index):
+    basic = _is_basic(index)
+    shape, dtype = x.shape, x.dtype
+
+    def vjp(g):
+        gx = np.zeros(shape, dtype)
+        if basic:
+            gx[index] = g
+        else:
+            np.add.at(gx, index, g)          # repeated indices accumulate
+        return (gx,)
+    return x[index], vjp
+
+
+@primitive(_builtin=True)
+def concatenate(*xs, axis=0):
+    ends = np.cumsum([x.shape[axis] for x in xs])[:-1]
+    return np.concatenate(xs, axis=axis), lambda g: tuple(np.split(g, ends, axis=axis))
+
+
+# ---------------------------------------------------------------- linear algebra
+
+def _matmul_explain(a, b, **_):
+    sa, sb = np.shape(a), np.shape(b)
+    if len(sa) == 0 or len(sb) == 0:
+        return f"shapes {sa} and {sb}: both operands need at least one dimension"
+    k_a, k_b = sa[-1], sb[-2] if len(sb) > 1 else sb[0]
+    if k_a != k_b:
+        return f"shapes {sa} and {sb} do not align ({k_a} != {k_b})"
+    return None
+
+
+def _mm_grads(g, a, b, na, nb):
+    """Gradients of a @ b for any ranks. A 2-D weight under a batched input gets one
+    product over all batch rows, not a stack of products summed afterwards."""
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    g2 = g
+    if a.ndim == 1:
+        g2 = np.expand_dims(g2, -2)
+    if b.ndim == 1:
+        g2 = np.expand_dims(g2, -1)
+    ga = gb = None
+    if na:
+        ga = g2 @ np.swapaxes(b2, -1, -2)
+        if a.ndim == 1:
+            ga = ga.reshape(-1, a.shape[0]).sum(0) if ga.ndim > 2 else ga[0]
+    if nb:
+        if b2.ndim == 2 and a2.ndim > 2:
+            gb = a2.reshape(-1, a2.shape[-1]).T @ g2.reshape(-1, g2.shape[-1])
+        else:
+            gb = np.swapaxes(a2, -1, -2) @ g2
+        if b.ndim == 1:
+            gb = gb.reshape(-1, b.shape[0]).sum(0) if gb.ndim > 2 else gb[:, 0]
+    return ga, gb
+
+
+@primitive(batch=MATMUL, explain=_matmul_explain, _builtin=True)
+def matmul(a, b, *, needs_grad=(True, True)):
+    na, nb = needs_grad
+    return a @ b, lambda g: _mm_grads(g, a, b, na, nb)

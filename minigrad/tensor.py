@@ -1,0 +1,228 @@
+"""The Tensor: an ndarray, the gradient it receives, and the op that made it."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _as_array(data, dtype):
+    if dtype is not None:
+        return np.asarray(data, dtype=dtype)
+    if isinstance(data, np.ndarray):
+        return data
+    arr = np.asarray(data)
+    if isinstance(data, np.generic):
+        return arr
+    if arr.dtype.kind in "biu":       # Python numbers and lists: float64, as documented
+        arr = arr.astype(np.float64)
+    return arr
+
+
+class Tensor:
+    """An n-dimensional array that can record the ops applied to it and backpropagate.
+
+    Parameters
+    ----------
+    data : array_like
+        A float ndarray keeps its dtype (and its memory: no copy is made); Python numbers
+        and lists become float64 unless ``dtype`` is given.
+    requires_grad : bool
+        Record ops on this tensor so ``backward`` can compute its gradient (float dtypes only).
+    dtype : numpy dtype, optional
+    """
+
+    __slots__ = ("_data", "grad", "requires_grad", "_parents", "_vjp", "_op", "_epoch",
+                 "_version", "name", "__weakref__")
+    __array_ufunc__ = None          # ndarray <op> Tensor defers to Tensor's reflected operators
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None):
+        if isinstance(data, Tensor):
+            data = data._data
+        arr = _as_array(data, dtype)
+        if requires_grad and arr.dtype.kind != "f":
+            raise TypeError(f"Tensor: only floating-point tensors can require grad; got dtype {arr.dtype}")
+        self._data = arr
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._parents = ()
+        self._vjp = None
+        self._op = None
+        self._epoch = 0
+        self._version = 0
+        self.name = None
+
+    # -- data and in-place safety
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        """Assigning (including ``t.data -= x``) counts as an in-place change: a recorded op that
+        saved this tensor's array for backward will refuse to use it afterwards."""
+        self._data = np.asarray(value._data if isinstance(value, Tensor) else value)
+        self._bump()
+
+    def _bump(self):
+        from .engine import _epoch
+        _epoch[0] += 1
+        self._version = _epoch[0]
+
+    def requires_grad_(self, flag: bool = True) -> "Tensor":
+        if flag and self._data.dtype.kind != "f":
+            raise TypeError(f"requires_grad_: only floating-point tensors can require grad; got dtype {self.dtype}")
+        self.requires_grad = bool(flag)
+        return self
+
+    # -- array attributes
+    shape = property(lambda self: self._data.shape)
+    ndim = property(lambda self: self._data.ndim)
+    dtype = property(lambda self: self._data.dtype)
+    size = property(lambda self: self._data.size)
+    T = property(lambda self: ops.transpose(self))
+    is_leaf = property(lambda self: self._vjp is None)
+    op = property(lambda self: self._op, doc="The name of the op that made this tensor (None for a leaf).")
+
+    def __len__(self):
+        return len(self._data)
+
+    def numpy(self) -> np.ndarray:
+        return self._data
+
+    def item(self):
+        return self._data.item()
+
+    def tolist(self):
+        return self._data.tolist()
+
+    def __float__(self):
+        return float(self._data)
+
+    def __int__(self):
+        return int(self._data)
+
+    def __bool__(self):
+        return bool(self._data)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def detach(self) -> "Tensor":
+        """A tensor sharing this one's data, outside any graph."""
+        return Tensor(self._data)
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    def backward(self, grad=None, retain_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` (``grad`` is required unless
+        self has one element). The graph's saved arrays are freed unless ``retain_graph``."""
+        from .engine import backward
+        backward(self, grad, retain_graph)
+
+    def astype(self, dtype) -> "Tensor":
+        return ops.astype(self, dtype=np.dtype(dtype))
+
+    def __repr__(self):
+        body = np.array2string(self._data, separator=", ", prefix="Tensor(", threshold=50, precision=4)
+        extra = ""
+        if self._data.dtype != np.float64:
+            extra += f", dtype={self._data.dtype}"
+        if self._op is not None:
+            extra += f", op={self._op}"
+        elif self.requires_grad:
+            extra += ", requires_grad=True"
+        return f"Tensor({body}{extra})"
+
+    # -- arithmetic (numpy broadcasting; right-hand versions for numbers and ndarrays)
+    def __add__(self, o): return ops.add(self, _lift(o))
+    def __radd__(self, o): return ops.add(_lift(o), self)
+    def __sub__(self, o): return ops.subtract(self, _lift(o))
+    def __rsub__(self, o): return ops.subtract(_lift(o), self)
+    def __mul__(self, o): return ops.multiply(self, _lift(o))
+    def __rmul__(self, o): return ops.multiply(_lift(o), self)
+    def __truediv__(self, o): return ops.divide(self, _lift(o))
+    def __rtruediv__(self, o): return ops.divide(_lift(o), self)
+    def __pow__(self, o): return ops.power(self, _lift(o))
+    def __rpow__(self, o): return ops.power(_lift(o), self)
+    def __matmul__(self, o): return ops.matmul(self, o)
+    def __rmatmul__(self, o): return ops.matmul(o, self)
+    def __neg__(self): return ops.negative(self)
+    def __pos__(self): return self
+    def __abs__(self): return ops.absolute(self)
+
+    # comparisons give boolean tensors outside the graph
+    def __eq__(self, o): return Tensor(self._data == _raw(o))
+    def __ne__(self, o): return Tensor(self._data != _raw(o))
+    def __lt__(self, o): return Tensor(self._data < _raw(o))
+    def __le__(self, o): return Tensor(self._data <= _raw(o))
+    def __gt__(self, o): return Tensor(self._data > _raw(o))
+    def __ge__(self, o): return Tensor(self._data >= _raw(o))
+    __hash__ = object.__hash__
+
+    def __getitem__(self, index):
+        return ops.getitem(self, index=_raw_index(index))
+
+    # -- math, reductions and shapes: thin methods over the functions in ops/functional
+    def exp(self): return ops.exp(self)
+    def log(self): return ops.log(self)
+    def sqrt(self): return ops.sqrt(self)
+    def abs(self): return ops.absolute(self)
+    def tanh(self): return ops.tanh(self)
+    def sigmoid(self): return ops.sigmoid(self)
+    def relu(self): return ops.relu(self)
+    def clip(self, lo=None, hi=None): return ops.clip(self, lo=lo, hi=hi)
+    def maximum(self, o): return ops.maximum(self, _lift(o))
+    def minimum(self, o): return ops.minimum(self, _lift(o))
+    def sum(self, axis=None, keepdims=False): return ops.sum(self, axis=_axis(axis), keepdims=keepdims)
+    def max(self, axis=None, keepdims=False): return ops.max(self, axis=_axis(axis), keepdims=keepdims)
+    def min(self, axis=None, keepdims=False): return ops.min(self, axis=_axis(axis), keepdims=keepdims)
+    def mean(self, axis=None, keepdims=False): return functional.mean(self, axis, keepdims)
+    def var(self, axis=None, keepdims=False, ddof=0): return functional.var(self, axis, keepdims, ddof)
+    def softmax(self, axis=-1): return functional.softmax(self, axis)
+    def log_softmax(self, axis=-1): return functional.log_softmax(self, axis)
+    def logsumexp(self, axis=None, keepdims=False): return functional.logsumexp(self, axis, keepdims)
+    def expand_dims(self, axis): return functional.expand_dims(self, axis)
+    def squeeze(self, axis=None): return functional.squeeze(self, axis)
+    def flatten(self): return self.reshape(-1)
+
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = shape[0]
+        return ops.reshape(self, shape=tuple(int(s) for s in shape))
+
+    def transpose(self, *axes):
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = axes[0]
+        return ops.transpose(self, axes=tuple(axes) if axes else None)
+
+    def split(self, sections, axis=0): return functional.split(self, sections, axis)
+    def chunk(self, chunks, axis=0): return functional.chunk(self, chunks, axis)
+
+
+def _lift(x):
+    """Numbers stay weakly typed (a float32 tensor times 2.0 stays float32): numpy scalars and
+    0-d arrays are turned into Python numbers so they do not upcast either."""
+    if isinstance(x, np.generic) or (isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "biuf"):
+        return x.item()
+    return x
+
+
+def _raw(x):
+    return x._data if isinstance(x, Tensor) else x
+
+
+def _axis(axis):
+    if isinstance(axis, list):
+        return tuple(axis)
+    return axis
+
+
+def _raw_index(index):
+    if isinstance(index, tuple):
+        return tuple(_raw(i) for i in index)
+    if isinstance(index, list):
+        return np.asarray(index)
+    return _raw(index)
+
+
+from . import functional, ops  # noqa: E402  (the ops are built on Tensor, so they import after it)
