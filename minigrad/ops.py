@@ -188,7 +188,7 @@ def reshape(x, *, shape):
 
 @primitive(_builtin=True)
 def transpose(x, *, axes=None):
-    back = None if axes is None else tuple(np.argsort(axes))
+    back = None if axes is None else tuple(np.argsort([a % x.ndim for a in axes]))   # negative axes too
     return np.transpose(x, axes), lambda g: (np.transpose(g, back),)
 
 
@@ -240,10 +240,10 @@ def _mm_grads(g, a, b, na, nb):
     a2 = a[None, :] if a.ndim == 1 else a
     b2 = b[:, None] if b.ndim == 1 else b
     g2 = g
+    if b.ndim == 1:                      # first: for vector @ vector, g is 0-d
+        g2 = np.expand_dims(g2, -1)
     if a.ndim == 1:
         g2 = np.expand_dims(g2, -2)
-    if b.ndim == 1:
-        g2 = np.expand_dims(g2, -1)
     ga = gb = None
     if na:
         ga = g2 @ np.swapaxes(b2, -1, -2)

@@ -1,0 +1,350 @@
+"""Every op, driven by one table.
+
+Each row names an op, its minigrad function, a numpy reference and the domain of its values;
+hypothesis draws the shapes (broadcasting pairs, size-1 dims, scalars) and any static arguments
+(axes, indices, sections). Every row feeds two tests: the forward equals the numpy expression
+(in float32 and float64, with the dtype kept and gradients of each input's dtype and shape), and
+the float64 gradient equals central finite differences.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import numpy as np
+import pytest
+from hypothesis import given
+
+import minigrad as mg
+from minigrad.testing import assert_grad_close, broadcastable_shapes, float_dtypes, floats, shapes, valid_axes
+
+MAX_SIDE = 3          # up to 27 elements: a full-Jacobian gradient check stays cheap
+
+# ---------------------------------------------------------------- value domains
+
+ANY = floats(-3, 3)
+SMALL = floats(-2, 2)
+POSITIVE = floats(0.1, 5)                                   # log, sqrt, divisors
+BASE = floats(0.5, 2)                                       # bases of powers with real exponents
+NONZERO = st.one_of(floats(-3, -0.1), floats(0.1, 3))       # away from the kink of abs and relu
+GRID = st.integers(-400, 400).map(lambda k: k / 8)          # exact in float32; with unique=True, tie-free
+OFF_GRID = GRID.map(lambda v: v + 1 / 16)                   # never equal to a GRID value
+
+
+def away_from(*points, lo=-2.0, hi=2.0, gap=0.05):
+    """Values in [lo, hi] at least ``gap`` from every kink (far more than a finite-difference step)."""
+    return floats(lo, hi).filter(lambda v: all(abs(v - p) > gap for p in points))
+
+
+# ---------------------------------------------------------------- shapes and static arguments
+# Each of these draws ``(input_shapes, params)``: params are keyword arguments for both fn and ref.
+
+def _shapes(**kw):
+    return shapes(**{"max_side": MAX_SIDE, **kw})
+
+
+UNARY = st.tuples(_shapes().map(lambda s: (s,)), st.just({}))
+BINARY = st.tuples(broadcastable_shapes(2, max_side=MAX_SIDE), st.just({}))
+TERNARY = st.tuples(broadcastable_shapes(3, max_side=MAX_SIDE), st.just({}))
+# numpy's own signature for matmul: 1-D operands on either side and broadcast batch dimensions
+MATMUL = st.tuples(hnp.mutually_broadcastable_shapes(signature=np.matmul.signature, max_dims=2, max_side=MAX_SIDE)
+                   .map(lambda r: r.input_shapes), st.just({}))
+
+
+@st.composite
+def REDUCE(draw, min_dims=0, min_side=1, min_axes=0):
+    shape = draw(_shapes(min_dims=min_dims, min_side=min_side))
+    axis = draw(valid_axes(len(shape), min_size=min_axes))
+    return (shape,), {"axis": axis, "keepdims": draw(st.booleans())}
+
+
+@st.composite
+def AXIS(draw):
+    shape = draw(_shapes())
+    return (shape,), {"axis": draw(valid_axes(len(shape)))}
+
+
+@st.composite
+def RESHAPE(draw):
+    shape = draw(_shapes())
+    n = int(np.prod(shape))
+    target = draw(st.sampled_from([(-1,), (n,), shape[::-1], (1, n), (n, 1, 1), (), (1,) * 3]).filter(
+        lambda s: int(np.prod(s)) == n or -1 in s))
+    return (shape,), {"shape": target}
+
+
+@st.composite
+def PERMUTATION(draw):
+    shape = draw(_shapes())
+    nd = len(shape)
+    if draw(st.booleans()):
+        return (shape,), {"axes": None}
+    perm = draw(st.permutations(range(nd)))
+    negate = draw(st.lists(st.booleans(), min_size=nd, max_size=nd))
+    return (shape,), {"axes": tuple(a - nd if neg else a for a, neg in zip(perm, negate, strict=True))}
+
+
+@st.composite
+def NEW_AXIS(draw):
+    shape = draw(_shapes())
+    return (shape,), {"axis": draw(st.integers(-len(shape) - 1, len(shape)))}
+
+
+@st.composite
+def SIZE_ONE_AXES(draw):
+    shape = draw(_shapes(max_side=2))
+    ones = [i for i, n in enumerate(shape) if n == 1]
+    choices = [st.none()]
+    if ones:
+        one = st.sampled_from(ones).flatmap(lambda i: st.sampled_from([i, i - len(shape)]))
+        choices += [one, st.lists(one, unique_by=lambda i: i % len(shape), min_size=1).map(tuple)]
+    return (shape,), {"axis": draw(st.one_of(*choices))}
+
+
+@st.composite
+def BASIC_INDEX(draw):
+    shape = draw(_shapes())
+    return (shape,), {"index": draw(hnp.basic_indices(shape, allow_newaxis=True))}
+
+
+@st.composite
+def INT_ARRAY_INDEX(draw):
+    """A tuple of integer arrays, one per dimension; small ranges make repeated indices common."""
+    shape = draw(_shapes(min_dims=1))
+    index = draw(hnp.integer_array_indices(shape, result_shape=shapes(min_dims=1, max_dims=2, max_side=4)))
+    return (shape,), {"index": index}
+
+
+@st.composite
+def MIXED_INDEX(draw):
+    """Slices, then an integer list (repeats and negatives allowed) on one axis: x[:, [1, 1, -1]]."""
+    shape = draw(_shapes(min_dims=1))
+    axis = draw(st.integers(0, len(shape) - 1))
+    n = shape[axis]
+    picks = draw(st.lists(st.integers(-n, n - 1), min_size=1, max_size=5))
+    return (shape,), {"index": (slice(None),) * axis + (picks,)}
+
+
+@st.composite
+def BOOL_MASK(draw):
+    """A boolean mask over the leading dimensions."""
+    shape = draw(_shapes(min_dims=1))
+    k = draw(st.integers(1, len(shape)))
+    return (shape,), {"index": draw(hnp.arrays(bool, shape[:k]))}
+
+
+@st.composite
+def JOIN(draw, new_axis):
+    """Shapes for concatenate (equal except along axis) or stack (equal), 1 to 3 of them."""
+    base = draw(_shapes(min_dims=0 if new_axis else 1))
+    nd = len(base)
+    count = draw(st.integers(1, 3))
+    if new_axis:
+        return (base,) * count, {"axis": draw(st.integers(-nd - 1, nd))}
+    axis = draw(st.integers(-nd, nd - 1))
+    sizes = draw(st.lists(st.integers(1, MAX_SIDE), min_size=count, max_size=count))
+    return tuple(base[:axis % nd] + (s,) + base[axis % nd + 1:] for s in sizes), {"axis": axis}
+
+
+@st.composite
+def SECTIONS(draw):
+    shape = draw(_shapes(min_dims=1))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    n = shape[axis]
+    equal = st.sampled_from([k for k in range(1, n + 1) if n % k == 0])
+    at = st.lists(st.integers(0, n), max_size=3).map(sorted)
+    return (shape,), {"sections": draw(st.one_of(equal, at)), "axis": axis}
+
+
+@st.composite
+def CHUNKS(draw):
+    shape = draw(_shapes(min_dims=1))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    return (shape,), {"chunks": draw(st.integers(1, shape[axis] + 1)), "axis": axis}
+
+
+# ---------------------------------------------------------------- numpy references
+
+def _softmax(x, axis):
+    e = np.exp(x)                        # values stay in [-3, 3]: the naive formula is exact enough
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _chunk(x, chunks, axis):
+    """torch.chunk: pieces of ceil(n / chunks) along axis, the last one smaller."""
+    n = x.shape[axis]
+    size = -(-n // chunks)
+    return tuple(np.take(x, np.arange(lo, min(lo + size, n)), axis=axis) for lo in range(0, n, size))
+
+
+# ---------------------------------------------------------------- the table
+
+class Op:
+    """One row: ``fn`` (minigrad) takes Tensors, or ndarrays at the ``consts`` positions, then the drawn
+    params; ``ref`` (numpy) takes ndarrays and the same params. ``domain`` gives the elements of every
+    input, or is a tuple with one per input; ``draw`` is a strategy of (input shapes, params);
+    ``unique`` makes all values distinct, so max and min have no ties."""
+
+    def __init__(self, name: str, fn: Callable[..., Any], ref: Callable[..., Any], domain: Any = ANY,
+                 draw: Any = UNARY, consts: tuple = (), unique: bool = False):
+        self.name, self.fn, self.ref, self.domain, self.draw = name, fn, ref, domain, draw
+        self.consts, self.unique = consts, unique
+
+    def __repr__(self):                  # hypothesis prints this in a falsifying example
+        return f"<op {self.name}>"
+
+
+OPS = [
+    # arithmetic, broadcasting both ways
+    Op("add", lambda a, b: a + b, np.add, draw=BINARY),
+    Op("subtract", lambda a, b: a - b, np.subtract, draw=BINARY),
+    Op("multiply", lambda a, b: a * b, np.multiply, draw=BINARY),
+    Op("divide", lambda a, b: a / b, np.divide, (ANY, NONZERO), BINARY),
+    Op("power", lambda a, b: a ** b, np.power, (BASE, SMALL), BINARY),
+    Op("negative", lambda x: -x, np.negative),
+    Op("matmul", lambda a, b: a @ b, np.matmul, draw=MATMUL),
+    Op("mg.matmul", mg.matmul, np.matmul, draw=MATMUL),
+    # Python numbers on either side
+    Op("add_number", lambda x: x + 2.5, lambda x: x + 2.5),
+    Op("radd_number", lambda x: 2.5 + x, lambda x: 2.5 + x),
+    Op("sub_number", lambda x: x - 2.5, lambda x: x - 2.5),
+    Op("rsub_number", lambda x: 2.5 - x, lambda x: 2.5 - x),
+    Op("mul_number", lambda x: x * -1.5, lambda x: x * -1.5),
+    Op("rmul_number", lambda x: 3 * x, lambda x: 3 * x),
+    Op("div_number", lambda x: x / 2.5, lambda x: x / 2.5),
+    Op("rdiv_number", lambda x: 2.5 / x, lambda x: 2.5 / x, NONZERO),
+    Op("square", lambda x: x ** 2, lambda x: x ** 2),
+    Op("cube", lambda x: x ** 3, lambda x: x ** 3),
+    Op("pow_half", lambda x: x ** 0.5, np.sqrt, POSITIVE),
+    Op("pow_negative", lambda x: x ** -1.5, lambda x: x ** -1.5, POSITIVE),
+    Op("rpow_number", lambda x: 2.0 ** x, lambda x: 2.0 ** x),
+    # ndarrays on either side (the ndarray is a constant)
+    Op("radd_array", lambda c, x: c + x, np.add, draw=BINARY, consts=(0,)),
+    Op("rsub_array", lambda c, x: c - x, np.subtract, draw=BINARY, consts=(0,)),
+    Op("rmul_array", lambda c, x: c * x, np.multiply, draw=BINARY, consts=(0,)),
+    Op("rdiv_array", lambda c, x: c / x, np.divide, (ANY, NONZERO), BINARY, consts=(0,)),
+    Op("rpow_array", lambda c, x: c ** x, np.power, (BASE, SMALL), BINARY, consts=(0,)),
+    Op("rmatmul_array", lambda c, x: c @ x, np.matmul, draw=MATMUL, consts=(0,)),
+    Op("sub_array", lambda x, c: x - c, np.subtract, draw=BINARY, consts=(1,)),
+    Op("div_array", lambda x, c: x / c, np.divide, (ANY, NONZERO), BINARY, consts=(1,)),
+    Op("pow_array", lambda x, c: x ** c, np.power, (BASE, SMALL), BINARY, consts=(1,)),
+    Op("matmul_array", lambda x, c: x @ c, np.matmul, draw=MATMUL, consts=(1,)),
+    # elementwise math
+    Op("exp", mg.exp, np.exp),
+    Op("log", mg.log, np.log, POSITIVE),
+    Op("sqrt", mg.sqrt, np.sqrt, POSITIVE),
+    Op("abs", mg.abs, np.abs, NONZERO),
+    Op("tanh", mg.tanh, np.tanh),
+    Op("sigmoid", mg.sigmoid, lambda x: 1 / (1 + np.exp(-x)), floats(-6, 6)),
+    Op("relu", mg.relu, lambda x: np.maximum(x, 0), NONZERO),
+    Op("clip", lambda x: x.clip(-1.0, 1.0), lambda x: np.clip(x, -1, 1), away_from(-1, 1)),
+    Op("clip_lo", lambda x: x.clip(lo=-0.5), lambda x: np.maximum(x, -0.5), away_from(-0.5)),
+    Op("clip_hi", lambda x: mg.clip(x, hi=0.5), lambda x: np.minimum(x, 0.5), away_from(0.5)),
+    Op("maximum", mg.maximum, np.maximum, (GRID, OFF_GRID), BINARY),
+    Op("minimum", lambda a, b: a.minimum(b), np.minimum, (GRID, OFF_GRID), BINARY),
+    Op("maximum_number", lambda x: x.maximum(0.3), lambda x: np.maximum(x, 0.3), away_from(0.3)),
+    Op("minimum_array", lambda x, c: mg.minimum(x, c), np.minimum, (GRID, OFF_GRID), BINARY, consts=(1,)),
+    Op("where", lambda c, a, b: mg.where(c > 0, a, b), lambda c, a, b: np.where(c > 0, a, b),
+       draw=TERNARY, consts=(0,)),
+    Op("where_tensor_cond", lambda c, a, b: mg.where(mg.Tensor(c) > 0, a, b), lambda c, a, b: np.where(c > 0, a, b),
+       draw=TERNARY, consts=(0,)),
+    # reductions: every axis form (None, int, tuple, negative) and keepdims
+    Op("sum", lambda x, axis, keepdims: x.sum(axis, keepdims), np.sum, draw=REDUCE()),
+    Op("mg.sum", lambda x, **kw: mg.sum(x, **kw), np.sum, draw=REDUCE()),
+    Op("mean", lambda x, axis, keepdims: x.mean(axis=axis, keepdims=keepdims), np.mean, draw=REDUCE()),
+    Op("var", lambda x, axis, keepdims: x.var(axis=axis, keepdims=keepdims), np.var, draw=REDUCE()),
+    Op("var_ddof1", lambda x, **kw: mg.var(x, ddof=1, **kw), lambda x, **kw: np.var(x, ddof=1, **kw),
+       draw=REDUCE(min_dims=1, min_side=2, min_axes=1)),
+    Op("max", lambda x, axis, keepdims: x.max(axis=axis, keepdims=keepdims), np.max, GRID, REDUCE(), unique=True),
+    Op("min", lambda x, **kw: mg.min(x, **kw), np.min, GRID, REDUCE(), unique=True),
+    Op("logsumexp", lambda x, **kw: mg.logsumexp(x, **kw), lambda x, **kw: np.log(np.sum(np.exp(x), **kw)),
+       draw=REDUCE()),
+    Op("softmax", lambda x, axis: x.softmax(axis), _softmax, draw=AXIS()),
+    Op("log_softmax", lambda x, axis: mg.log_softmax(x, axis), lambda x, axis: np.log(_softmax(x, axis)),
+       draw=AXIS()),
+    # shapes
+    Op("reshape", lambda x, shape: x.reshape(shape), np.reshape, draw=RESHAPE()),
+    Op("reshape_varargs", lambda x, shape: x.reshape(*shape), np.reshape, draw=RESHAPE()),
+    Op("transpose", lambda x, axes: x.transpose(*axes) if axes is not None else x.transpose(), np.transpose,
+       draw=PERMUTATION()),
+    Op("mg.transpose", lambda x, axes: mg.transpose(x, axes=axes), np.transpose, draw=PERMUTATION()),
+    Op("T", lambda x: x.T, np.transpose),
+    Op("expand_dims", lambda x, axis: x.expand_dims(axis), np.expand_dims, draw=NEW_AXIS()),
+    Op("squeeze", lambda x, axis: mg.squeeze(x, axis), np.squeeze, draw=SIZE_ONE_AXES()),
+    # indexing
+    Op("getitem_basic", lambda x, index: x[index], lambda x, index: x[index], draw=BASIC_INDEX()),
+    Op("getitem_int_arrays", lambda x, index: x[index], lambda x, index: x[index], draw=INT_ARRAY_INDEX()),
+    Op("getitem_mixed", lambda x, index: x[index], lambda x, index: x[index], draw=MIXED_INDEX()),
+    Op("getitem_bool_mask", lambda x, index: x[index], lambda x, index: x[index], draw=BOOL_MASK()),
+    Op("getitem_tensor_index", lambda x, index: x[mg.Tensor(np.asarray(index[0]))], lambda x, index: x[index[0]],
+       draw=INT_ARRAY_INDEX()),
+    # joining and splitting
+    Op("concatenate", lambda *xs, axis: mg.concatenate(xs, axis), lambda *xs, axis: np.concatenate(xs, axis),
+       draw=JOIN(new_axis=False)),
+    Op("stack", lambda *xs, axis: mg.stack(xs, axis), lambda *xs, axis: np.stack(xs, axis), draw=JOIN(new_axis=True)),
+    Op("split", lambda x, sections, axis: tuple(mg.split(x, sections, axis)),
+       lambda x, sections, axis: tuple(np.split(x, sections, axis)), draw=SECTIONS()),
+    Op("split_method", lambda x, sections, axis: tuple(x.split(sections, axis)),
+       lambda x, sections, axis: tuple(np.split(x, sections, axis)), draw=SECTIONS()),
+    Op("chunk", lambda x, chunks, axis: tuple(mg.chunk(x, chunks, axis)), _chunk, draw=CHUNKS()),
+]
+
+
+@st.composite
+def cases(draw, op: Op):
+    """Float64 input arrays inside the op's domain, and its static params."""
+    input_shapes, params = draw(op.draw)
+    domains = op.domain if isinstance(op.domain, tuple) else (op.domain,) * len(input_shapes)
+    return [draw(hnp.arrays(np.float64, s, elements=d, unique=op.unique))
+            for s, d in zip(input_shapes, domains, strict=True)], params
+
+
+def _outputs(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+TOLERANCE = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-4, atol=1e-5)}
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
+@given(data=st.data(), dtype=float_dtypes())
+def test_forward_matches_numpy(op, data, dtype):
+    xs, params = data.draw(cases(op))
+    xs = [x.astype(dtype) for x in xs]
+    args = [x if i in op.consts else mg.Tensor(x, requires_grad=True) for i, x in enumerate(xs)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)        # no overflow or invalid value inside the domain
+        out = op.fn(*args, **params)
+    expected = _outputs(op.ref(*[x.astype(np.float64) for x in xs], **params))
+    outs = _outputs(out)
+    assert len(outs) == len(expected)
+    for o, e in zip(outs, expected, strict=True):
+        assert isinstance(o, mg.Tensor)
+        assert o.shape == np.shape(e)
+        assert o.dtype == dtype, f"{op.name} turned {dtype} into {o.dtype}"
+        np.testing.assert_allclose(o.data, e, **TOLERANCE[dtype.type])
+
+    # Backward gives every input a gradient of its own dtype and shape.
+    rng = np.random.default_rng(0)
+    loss = sum((o * rng.standard_normal(o.shape).astype(dtype)).sum() for o in outs)
+    loss.backward()
+    for a in args:
+        if isinstance(a, mg.Tensor):
+            assert a.grad is not None
+            assert a.grad.shape == a.shape
+            assert a.grad.dtype == dtype
+
+
+@pytest.mark.parametrize("op", OPS, ids=lambda op: op.name)
+@given(data=st.data())
+def test_gradient_matches_finite_differences(op, data):
+    xs, params = data.draw(cases(op))
+    consts = {i: xs[i] for i in op.consts}
+    free = [x for i, x in enumerate(xs) if i not in consts]
+
+    def fn(*tensors):
+        it = iter(tensors)
+        return op.fn(*[consts[i] if i in consts else next(it) for i in range(len(xs))], **params)
+    assert_grad_close(fn, *free)
