@@ -172,6 +172,9 @@ def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
     axes = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape) if n == 1 and grad.shape[i + lead] != 1)
     if axes:
         grad = grad.sum(axis=axes, keepdims=True)
+    if lead < 0 or grad.shape[lead:] != tuple(shape):
+        # the same size in another shape (a vjp that forgot to transpose back) must not reshape silently
+        raise ValueError(f"unbroadcast: a gradient of shape {grad.shape} does not broadcast to {shape}")
     return grad.reshape(shape)
 
 

@@ -110,8 +110,9 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=False, raise
                     ana[r] = _analytic_vjp(fn, leaves, j, e)[i].ravel()
                 where = None
             err = np.abs(ana - num) - (atol + rtol * np.abs(num))
-            if np.any(err > 0) or not np.all(np.isfinite(ana)):
-                k = int(np.nanargmax(np.where(np.isfinite(ana), err, np.inf)))
+            finite = np.isfinite(ana) & np.isfinite(num)     # NaN compares false: count it as a mismatch
+            if np.any(err > 0) or not finite.all():
+                k = int(np.argmax(np.where(finite, err, np.inf)))
                 if where is None:
                     r, c = np.unravel_index(k, ana.shape)
                     where = f"d output{_index(r, o.shape)} / d input{_index(c, x.shape)}"

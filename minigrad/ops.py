@@ -18,11 +18,12 @@ MATMUL = "matmul"
 INDEX = "index"               # getitem with a basic index: prepend a full slice for a time axis
 
 
-def _broadcast_explain(a, b, **_):
+def _broadcast_explain(*operands, **_):
+    shapes = [np.shape(x) for x in operands]     # two operands, or three for where
     try:
-        np.broadcast_shapes(np.shape(a), np.shape(b))
+        np.broadcast_shapes(*shapes)
     except ValueError:
-        return f"shapes {np.shape(a)} and {np.shape(b)} cannot be broadcast together"
+        return f"shapes {' and '.join(str(s) for s in shapes)} cannot be broadcast together"
     return None
 
 

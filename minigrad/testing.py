@@ -41,8 +41,17 @@ def floats(min_value: float = -3.0, max_value: float = 3.0, *, width: int = 64) 
     min_value, max_value : float
         The closed range of the values.
     width : {16, 32, 64}
-        The float width the values must be exactly representable in (32 for float32 arrays).
+        The float width the values must be exactly representable in (32 for float32 arrays);
+        bounds that are not (0.1 in float32) are rounded inwards.
     """
+    if width < 64:
+        ftype = {16: np.float16, 32: np.float32}[width]
+        lo, hi = ftype(min_value), ftype(max_value)
+        if lo < min_value:
+            lo = np.nextafter(lo, ftype(np.inf))
+        if hi > max_value:
+            hi = np.nextafter(hi, ftype(-np.inf))
+        min_value, max_value = float(lo), float(hi)
     return st.floats(min_value, max_value, allow_nan=False, allow_infinity=False, allow_subnormal=False,
                      width=width)
 
