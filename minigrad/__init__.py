@@ -10,9 +10,14 @@ from .functional import (arange, chunk, clip, concatenate, expand_dims, full, lo
                          maximum, mean, minimum, ones, ones_like, rand, randn, softmax, split, squeeze,
                          stack, tensor, var, where, zeros, zeros_like)
 from .gradcheck import GradcheckError, gradcheck
+from .scan import scan
 from .ops import absolute as abs  # noqa: A001
 from .ops import exp, log, matmul, relu, reshape, sigmoid, sqrt, tanh, transpose
 from .ops import max, min, sum  # noqa: A004
 from .tensor import Tensor
+
+from . import nn, optim  # noqa: E402,I001  (nn builds on everything above)
+from .io import CheckpointError, load, save
+from .random import get_rng, seed
 
 __version__ = "0.1.0"

@@ -13,16 +13,12 @@ import contextlib
 import functools
 import gc
 import inspect
-import threading
-
 import numpy as np
 
-from .tensor import Tensor
+from .tensor import Tensor, _state
 
 __all__ = ["primitive", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled",
            "detect_anomaly", "backward", "unbroadcast", "graph_size"]
-
-_state = threading.local()   # grad mode, anomaly mode and any active trace are per thread
 
 
 def is_grad_enabled() -> bool:
@@ -138,6 +134,8 @@ def apply(prim: Primitive, args, kwargs):
         raise type(err)(_describe(prim, arrays, kwargs, err)) from err
     if type(out) is not np.ndarray:
         out = np.asarray(out)
+    if need and out.dtype.kind != "f":    # comparisons, integer results: nothing to differentiate
+        need = False
     t = Tensor.__new__(Tensor)
     t._data = out
     t.grad = None
@@ -225,6 +223,7 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                     stack.append(p)
 
     anomaly = getattr(_state, "anomaly", False)
+    _state.retain_graph = retain_graph    # read by multi-output nodes (scan) that free their own state
     epoch = _epoch[0]
     grads = {id(root): grad}
     owned = set()          # ids of gradient arrays this backward created, safe to add into in place
@@ -295,6 +294,11 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
     finally:
         if gc_was_enabled:
             gc.enable()
+
+
+def active_trace():
+    """The trace being recorded by ``scan`` on this thread, or None."""
+    return getattr(_state, "trace", None)
 
 
 def _accumulate_leaf(t, g, owned):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
+from .random import get_rng
 from .tensor import Tensor
 
 __all__ = ["mean", "var", "softmax", "log_softmax", "logsumexp", "expand_dims", "squeeze", "split",
@@ -41,10 +42,16 @@ def var(x, axis=None, keepdims=False, ddof=0):
 def logsumexp(x, axis=None, keepdims=False):
     """log(sum(exp(x))), shifted by the (detached) max so it never overflows."""
     x = _t(x)
-    m = np.max(x.data, axis=axis, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0)
+    m = _shift(x, axis)
     out = (x - m).exp().sum(axis, keepdims=True).log() + m
     return out if keepdims else squeeze(out, axis if axis is not None else None)
+
+
+def _shift(x, axis):
+    """The max along ``axis`` as a constant (no gradient), to keep exp from overflowing;
+    0 where it is infinite. Built from ops so it is traced inside scan bodies too."""
+    m = ops.stop_gradient(ops.max(x, axis=axis, keepdims=True))
+    return ops.where(np.isfinite(m._data), m, 0.0)
 
 
 def log_softmax(x, axis=-1):
@@ -54,18 +61,18 @@ def log_softmax(x, axis=-1):
 
 def softmax(x, axis=-1):
     x = _t(x)
-    e = (x - np.max(x.data, axis=axis, keepdims=True)).exp()
+    e = (x - _shift(x, axis)).exp()
     return e / e.sum(axis, keepdims=True)
 
 
 def expand_dims(x, axis):
     x = _t(x)
-    return x.reshape(np.expand_dims(x.data, axis).shape)
+    return x.reshape(np.expand_dims(x._data, axis).shape)
 
 
 def squeeze(x, axis=None):
     x = _t(x)
-    return x.reshape(np.squeeze(x.data, axis).shape)
+    return x.reshape(np.squeeze(x._data, axis).shape)
 
 
 def split(x, sections, axis=0):
@@ -100,8 +107,9 @@ def stack(tensors, axis=0):
 
 
 def where(cond, a, b):
-    cond = cond.data if isinstance(cond, Tensor) else cond
-    return ops.where(np.asarray(cond, dtype=bool), a, b)
+    if not isinstance(cond, Tensor):
+        cond = np.asarray(cond, dtype=bool)
+    return ops.where(cond, a, b)
 
 
 def maximum(a, b):
@@ -143,12 +151,12 @@ def ones_like(t, requires_grad=False):
 
 
 def randn(*shape, dtype=np.float64, requires_grad=False, rng=None):
-    rng = np.random.default_rng() if rng is None else rng
+    rng = get_rng() if rng is None else rng
     return Tensor(rng.standard_normal(_shape(shape)).astype(dtype), requires_grad)
 
 
 def rand(*shape, dtype=np.float64, requires_grad=False, rng=None):
-    rng = np.random.default_rng() if rng is None else rng
+    rng = get_rng() if rng is None else rng
     return Tensor(rng.random(_shape(shape)).astype(dtype), requires_grad)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .engine import primitive
+from .inline import compile_time
 
 ELEMENTWISE = "elementwise"   # broadcasting op: a leading time axis on an operand just broadcasts
 MATMUL = "matmul"
@@ -145,6 +146,22 @@ def where(cond, a, b):
     return np.where(cond, a, b), lambda g: (None, np.where(cond, g, 0), np.where(cond, 0, g))
 
 
+_COMPARE = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal,
+            "gt": np.greater, "ge": np.greater_equal}
+
+
+@_elementwise
+def compare(a, b, *, op):
+    """Elementwise comparison (``op`` one of eq ne lt le gt ge): a boolean result, no gradient."""
+    return _COMPARE[op](a, b), lambda g: (None, None)
+
+
+@_unary
+def stop_gradient(x):
+    """The identity whose gradient is zero: ``Tensor.detach`` inside a traced scan body."""
+    return x, lambda g: (None,)
+
+
 @primitive(_builtin=True)
 def astype(x, *, dtype):
     return x.astype(dtype), lambda g: (g.astype(x.dtype),)
@@ -193,6 +210,7 @@ def transpose(x, *, axes=None):
     return np.transpose(x, axes), lambda g: (np.transpose(g, back),)
 
 
+@compile_time
 def _is_basic(index):
     parts = index if isinstance(index, tuple) else (index,)
     return all(p is None or p is Ellipsis or isinstance(p, (int, slice, np.integer)) for p in parts)
@@ -263,4 +281,6 @@ def _mm_grads(g, a, b, na, nb):
 @primitive(batch=MATMUL, explain=_matmul_explain, _builtin=True)
 def matmul(a, b, *, needs_grad=(True, True)):
     na, nb = needs_grad
+    if a.ndim == 2 and b.ndim == 2:      # the common case, spelled out so the loop compiler inlines it
+        return a @ b, lambda g: (g @ b.T if na else None, a.T @ g if nb else None)
     return a @ b, lambda g: _mm_grads(g, a, b, na, nb)

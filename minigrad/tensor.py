@@ -1,7 +1,20 @@
 """The Tensor: an ndarray, the gradient it receives, and the op that made it."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+
+_state = threading.local()   # grad mode, anomaly mode and any active scan trace, per thread
+
+
+def _check_not_traced(t, what):
+    trace = getattr(_state, "trace", None)
+    if trace is not None and trace.is_traced(t):
+        raise RuntimeError(
+            f"scan: the body used {what} of a traced tensor. A scan body is traced once and replayed for "
+            f"every step, so it must compute with Tensor ops only: Python values read from tensor data "
+            f"would be frozen at the first step. Use Tensor ops (and .detach() to stop gradients).")
 
 
 def _as_array(data, dtype):
@@ -53,6 +66,8 @@ class Tensor:
     # -- data and in-place safety
     @property
     def data(self) -> np.ndarray:
+        if getattr(_state, "trace", None) is not None:
+            _check_not_traced(self, ".data")
         return self._data
 
     @data.setter
@@ -86,21 +101,27 @@ class Tensor:
         return len(self._data)
 
     def numpy(self) -> np.ndarray:
+        _check_not_traced(self, "numpy()")
         return self._data
 
     def item(self):
+        _check_not_traced(self, "item()")
         return self._data.item()
 
     def tolist(self):
+        _check_not_traced(self, "tolist()")
         return self._data.tolist()
 
     def __float__(self):
+        _check_not_traced(self, "__float__()")
         return float(self._data)
 
     def __int__(self):
+        _check_not_traced(self, "__int__()")
         return int(self._data)
 
     def __bool__(self):
+        _check_not_traced(self, "__bool__()")
         return bool(self._data)
 
     def __iter__(self):
@@ -108,6 +129,8 @@ class Tensor:
 
     def detach(self) -> "Tensor":
         """A tensor sharing this one's data, outside any graph."""
+        if getattr(_state, "trace", None) is not None:
+            return ops.stop_gradient(self)      # inside a scan body: a traced op
         return Tensor(self._data)
 
     def zero_grad(self) -> None:
@@ -150,13 +173,13 @@ class Tensor:
     def __pos__(self): return self
     def __abs__(self): return ops.absolute(self)
 
-    # comparisons give boolean tensors outside the graph
-    def __eq__(self, o): return Tensor(self._data == _raw(o))
-    def __ne__(self, o): return Tensor(self._data != _raw(o))
-    def __lt__(self, o): return Tensor(self._data < _raw(o))
-    def __le__(self, o): return Tensor(self._data <= _raw(o))
-    def __gt__(self, o): return Tensor(self._data > _raw(o))
-    def __ge__(self, o): return Tensor(self._data >= _raw(o))
+    # comparisons give boolean tensors that carry no gradient
+    def __eq__(self, o): return ops.compare(self, _lift(o), op="eq")
+    def __ne__(self, o): return ops.compare(self, _lift(o), op="ne")
+    def __lt__(self, o): return ops.compare(self, _lift(o), op="lt")
+    def __le__(self, o): return ops.compare(self, _lift(o), op="le")
+    def __gt__(self, o): return ops.compare(self, _lift(o), op="gt")
+    def __ge__(self, o): return ops.compare(self, _lift(o), op="ge")
     __hash__ = object.__hash__
 
     def __getitem__(self, index):
