@@ -1,0 +1,21 @@
+"""Layers, losses, containers and training helpers built on minigrad's Tensor ops.
+
+``Module``/``Parameter`` (module.py), layers (layers.py), initialisers (init.py), losses as
+functions (functional.py) and modules (loss.py), ``clip_grad_norm_`` (utils.py), ``summary``
+(summary.py), ``fit`` (training.py), and the recurrent layers (recurrent.py).
+"""
+from . import functional, init, utils
+from .layers import Dropout, Embedding, Linear, ReLU, Sequential, Sigmoid, Tanh
+from .loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from .module import IncompatibleKeys, Module, ModuleList, Parameter, functional_call
+from .summary import summary
+from .training import evaluate, fit
+from .utils import clip_grad_norm_
+
+# ---- recurrent layers (recurrent.py, owned by the lead): add their import here, e.g.
+# from .recurrent import GRU, LSTM, RNN, LSTMCell
+# ----
+
+__all__ = ["Module", "Parameter", "ModuleList", "IncompatibleKeys", "functional_call", "Linear", "Embedding",
+           "Dropout", "ReLU", "Tanh", "Sigmoid", "Sequential", "MSELoss", "BCELoss", "BCEWithLogitsLoss",
+           "CrossEntropyLoss", "summary", "fit", "evaluate", "clip_grad_norm_", "functional", "init", "utils"]

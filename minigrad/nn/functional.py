@@ -1,0 +1,145 @@
+"""Losses and dropout as functions, built from Tensor ops only (no hand-written gradients).
+
+Every loss takes ``reduction``: ``'mean'`` (the default: the mean over all elements), ``'sum'``,
+or ``'none'`` (the per-element losses, in the input's shape). Targets must have the input's
+shape exactly (no broadcasting: a ``(n, 1)`` prediction against an ``(n,)`` target is almost
+always a bug). A target that does not require grad is converted to the input's dtype; one
+that does must already have it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from ..functional import log_softmax, logsumexp, softmax
+from ..random import get_rng
+from ..tensor import Tensor
+
+__all__ = ["mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
+           "dropout", "relu", "tanh", "sigmoid", "softmax", "log_softmax", "logsumexp", "REDUCTIONS"]
+
+relu, tanh, sigmoid = ops.relu, ops.tanh, ops.sigmoid
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_reduction(reduction, where: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{where}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def _reduce(loss, reduction):
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def _float_input(x, where):
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    if x.dtype.kind != "f":
+        raise TypeError(f"{where}: input must have a floating-point dtype, got {x.dtype}")
+    return x
+
+
+def _float_target(target, input, where):
+    """The target as a Tensor of the input's shape and (unless it needs grad) dtype."""
+    if isinstance(target, Tensor) and target.requires_grad:
+        if target.dtype != input.dtype:
+            raise TypeError(f"{where}: target requires grad and has dtype {target.dtype}, but the input is "
+                            f"{input.dtype}; convert one of them")
+    else:
+        arr = np.asarray(target.data if isinstance(target, Tensor) else target)
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"{where}: target must be numeric, got dtype {arr.dtype}")
+        target = Tensor(arr.astype(input.dtype, copy=False))
+    if target.shape != input.shape:
+        raise ValueError(f"{where}: input shape {input.shape} and target shape {target.shape} differ "
+                         f"(losses do not broadcast; reshape one of them)")
+    return target
+
+
+def mse_loss(input, target, reduction: str = "mean") -> Tensor:
+    """Squared error ``(input - target) ** 2``, reduced."""
+    check_reduction(reduction, "mse_loss")
+    input = _float_input(input, "mse_loss")
+    target = _float_target(target, input, "mse_loss")
+    d = input - target
+    return _reduce(d * d, reduction)
+
+
+def binary_cross_entropy(input, target, reduction: str = "mean", eps: float = 1e-12) -> Tensor:
+    """``-(y log p + (1 - y) log(1 - p))`` for probabilities ``p = input`` in [0, 1].
+
+    ``p`` and ``1 - p`` are clipped below at ``eps`` before the log, so a saturated prediction
+    gives a finite loss (at most ``-log(eps)``, about 27.6) and a zero, not NaN, gradient where
+    clipped. PyTorch instead clamps each log at -100. For logits prefer
+    :func:`binary_cross_entropy_with_logits`, which needs no clipping.
+    """
+    where = "binary_cross_entropy"
+    check_reduction(reduction, where)
+    p = _float_input(input, where)
+    y = _float_target(target, p, where)
+    if p.size and (p.data.min() < 0 or p.data.max() > 1):
+        raise ValueError(f"{where}: input must be probabilities in [0, 1], got values in "
+                         f"[{p.data.min()}, {p.data.max()}] (for logits use binary_cross_entropy_with_logits)")
+    loss = -(y * p.clip(lo=eps).log() + (1 - y) * (1 - p).clip(lo=eps).log())
+    return _reduce(loss, reduction)
+
+
+def binary_cross_entropy_with_logits(input, target, reduction: str = "mean") -> Tensor:
+    """``binary_cross_entropy(sigmoid(x), y)`` computed from logits ``x`` without overflow.
+
+    Mathematically ``max(x, 0) - x y + log(1 + exp(-|x|))``. It is written as
+    ``softplus(x) - x y`` with ``softplus(x) = log(exp(-m) + exp(x - m)) + m``, ``m = max(x, 0)``
+    held constant: the same value, exp never sees a positive argument (finite at x = +-1000), and
+    the gradient is exactly ``sigmoid(x) - y`` everywhere, including x = 0, where the |x| form's
+    subgradients (relu'(0) = sign(0) = 0) would give ``-y``.
+    """
+    where = "binary_cross_entropy_with_logits"
+    check_reduction(reduction, where)
+    x = _float_input(input, where)
+    y = _float_target(target, x, where)
+    m = np.maximum(x.data, 0)
+    softplus = ((x - m).exp() + np.exp(-m)).log() + m
+    return _reduce(softplus - x * y, reduction)
+
+
+def cross_entropy(logits, target, reduction: str = "mean") -> Tensor:
+    """Softmax cross-entropy with integer class targets: ``-log_softmax(logits)[..., target]``.
+
+    ``logits`` has shape ``S + (C,)`` (classes on the last axis, as Keras's
+    ``sparse_categorical_crossentropy``; PyTorch puts them on axis 1, which is the same for 2-D
+    input), ``target`` integer class indices of shape ``S`` with values in ``[0, C)``.
+    """
+    where = "cross_entropy"
+    check_reduction(reduction, where)
+    z = _float_input(logits, where)
+    t = np.asarray(target.data if isinstance(target, Tensor) else target)
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"{where}: target must hold integer class indices, got dtype {t.dtype} "
+                        f"(for one-hot or soft targets, use -(y * log_softmax(logits)).sum(-1))")
+    if z.ndim == 0 or t.shape != z.shape[:-1]:
+        raise ValueError(f"{where}: logits of shape {z.shape} need a target of shape {z.shape[:-1]} "
+                         f"(classes on the last axis), got {t.shape}")
+    c = z.shape[-1]
+    if t.size and (t.min() < 0 or t.max() >= c):
+        raise ValueError(f"{where}: target values must be class indices in [0, {c}), got "
+                         f"[{t.min()}, {t.max()}]")
+    logp = log_softmax(z, axis=-1).reshape(-1, c)
+    picked = logp[np.arange(t.size), t.reshape(-1)].reshape(t.shape)
+    return _reduce(-picked, reduction)
+
+
+def dropout(x, p: float = 0.5, training: bool = True, rng=None) -> Tensor:
+    """Inverted dropout (see :class:`minigrad.nn.Dropout`): the identity unless ``training``."""
+    if not 0 <= p < 1:
+        raise ValueError(f"dropout: p must be a probability in [0, 1), got {p!r}")
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    if not training or p == 0:
+        return x
+    rng = get_rng() if rng is None else rng
+    keep = rng.random(x.shape) >= p
+    return x * (keep * (1.0 / (1.0 - p))).astype(x.dtype)

@@ -1,0 +1,341 @@
+"""``Module``: the base of every layer and model; ``Parameter``: a Tensor a module owns.
+
+A module registers what is assigned to its attributes: a ``Parameter`` becomes one of its
+parameters, a ``Module`` (or a list/tuple of modules, wrapped in a ``ModuleList``) one of its
+children. Everything else (``parameters()``, ``state_dict()``, ``train()``...) walks that tree.
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from ..io import CheckpointError
+from ..tensor import Tensor
+
+__all__ = ["Parameter", "Module", "ModuleList", "IncompatibleKeys", "functional_call"]
+
+
+class Parameter(Tensor):
+    """A Tensor that a ``Module`` owns and an optimizer updates: it requires grad by default and
+    is registered by assigning it to a module attribute. Floating-point dtypes only. Like
+    ``Tensor``, it keeps the memory of an ndarray it is given (no copy)."""
+
+    __slots__ = ()
+
+    def __init__(self, data, requires_grad: bool = True, dtype=None):
+        if isinstance(data, Tensor):
+            data = data.data
+        arr = np.asarray(data) if dtype is None else np.asarray(data, dtype=dtype)
+        if arr.dtype.kind != "f":
+            raise TypeError(f"Parameter: parameters must have a floating-point dtype, got {arr.dtype}")
+        super().__init__(arr, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return "Parameter" + super().__repr__()[len("Tensor"):]
+
+
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+IncompatibleKeys.__doc__ = ("What ``load_state_dict(strict=False)`` skipped: names in the model but not in the state "
+                            "(missing_keys), and the reverse (unexpected_keys).")
+
+
+class _HookHandle:
+    def __init__(self, hooks, key):
+        self._hooks, self._key = hooks, key
+
+    def remove(self):
+        self._hooks.pop(self._key, None)
+
+
+def _indent(text, n=2):
+    lines = text.split("\n")
+    return "\n".join([lines[0]] + [" " * n + line for line in lines[1:]])
+
+
+class Module:
+    """Base class for layers and models: subclass it, assign parameters and sub-modules in
+    ``__init__`` (after ``super().__init__()``), and define ``forward``.
+
+    Example
+    -------
+    >>> class MLP(mg.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.hidden = mg.nn.Linear(2, 8)
+    ...         self.out = mg.nn.Linear(8, 1)
+    ...     def forward(self, x):
+    ...         return self.out(self.hidden(x).relu())
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", {})
+        object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "_forward_hooks", {})
+        object.__setattr__(self, "training", True)
+
+    # -- registration by attribute assignment
+    def __setattr__(self, name, value):
+        params = self.__dict__.get("_parameters")
+        modules = self.__dict__.get("_modules")
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, Module) for v in value):
+            value = ModuleList(value)
+        if isinstance(value, (Parameter, Module)):
+            if params is None:
+                raise AttributeError(f"{type(self).__name__}: call super().__init__() at the start of __init__, "
+                                     f"before assigning parameters or sub-modules (assigning '{name}')")
+            self.__dict__.pop(name, None)
+            params.pop(name, None)
+            modules.pop(name, None)
+            (params if isinstance(value, Parameter) else modules)[name] = value
+        elif params is not None and name in params:
+            if value is not None:
+                raise TypeError(f"{type(self).__name__}: cannot assign a {type(value).__name__} to parameter "
+                                f"'{name}'; wrap it in mg.nn.Parameter, or assign its array to .{name}.data")
+            params[name] = None
+        elif modules is not None and name in modules:
+            if value is not None:
+                raise TypeError(f"{type(self).__name__}: cannot assign a {type(value).__name__} to sub-module "
+                                f"'{name}'; assign a Module (or None)")
+            modules[name] = None
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):   # only called when normal lookup fails
+        d = self.__dict__
+        if name in d.get("_parameters", ()):
+            return d["_parameters"][name]
+        if name in d.get("_modules", ()):
+            return d["_modules"][name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __delattr__(self, name):
+        if name in self._parameters:
+            del self._parameters[name]
+        elif name in self._modules:
+            del self._modules[name]
+        else:
+            object.__delattr__(self, name)
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | set(self._parameters) | set(self._modules))
+
+    # -- calling
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def __call__(self, *args, **kwargs):
+        out = self.forward(*args, **kwargs)
+        for hook in tuple(self._forward_hooks.values()):
+            result = hook(self, args, out)
+            if result is not None:
+                out = result
+        return out
+
+    def register_forward_hook(self, hook):
+        """Call ``hook(module, args, output)`` after every forward (a non-None return replaces the
+        output). Returns a handle whose ``remove()`` unregisters it."""
+        key = object()
+        self._forward_hooks[key] = hook
+        return _HookHandle(self._forward_hooks, key)
+
+    # -- walking the tree
+    def named_children(self):
+        for name, m in self._modules.items():
+            if m is not None:
+                yield name, m
+
+    def children(self):
+        return (m for _, m in self.named_children())
+
+    def named_modules(self, prefix: str = "", _seen=None):
+        """``(dotted_name, module)`` for this module (name ``''``) and every descendant, pre-order,
+        each module once."""
+        seen = set() if _seen is None else _seen
+        if id(self) in seen:
+            return
+        seen.add(id(self))
+        yield prefix, self
+        for name, m in self.named_children():
+            yield from m.named_modules(f"{prefix}.{name}" if prefix else name, seen)
+
+    def modules(self):
+        return (m for _, m in self.named_modules())
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True):
+        """``(dotted_name, parameter)`` pairs, e.g. ``('layers.0.weight', W)``; a parameter shared
+        by several modules appears once, under its first name."""
+        seen = set()
+        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mod_name, m in mods:
+            for name, p in m._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                seen.add(id(p))
+                yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def parameters(self, recurse: bool = True):
+        return [p for _, p in self.named_parameters(recurse=recurse)]
+
+    # -- modes and gradients
+    def train(self, mode: bool = True) -> "Module":
+        """Set training mode (``training = mode``) on this module and all descendants."""
+        self.training = bool(mode)
+        for m in self.children():
+            m.train(mode)
+        return self
+
+    def eval(self) -> "Module":
+        """Evaluation mode: ``train(False)`` (Dropout becomes the identity)."""
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        """Forget every parameter's gradient (``grad = None``)."""
+        for p in self.parameters():
+            p.grad = None
+
+    def requires_grad_(self, flag: bool = True) -> "Module":
+        """Freeze (False) or unfreeze every parameter; frozen ones count as non-trainable."""
+        for p in self.parameters():
+            p.requires_grad = bool(flag)
+        return self
+
+    def apply(self, fn) -> "Module":
+        """Call ``fn(module)`` on every descendant, then on this module."""
+        for m in self.children():
+            m.apply(fn)
+        fn(self)
+        return self
+
+    # -- state
+    def state_dict(self) -> dict:
+        """``{dotted_name: ndarray}``: a copy of every parameter's values (later updates do not
+        change it)."""
+        return {name: np.array(p.data, copy=True) for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state, strict: bool = True) -> IncompatibleKeys:
+        """Copy ``state`` (name -> ndarray or Tensor) into the parameters.
+
+        Every name, shape and dtype is checked before anything is changed: on a mismatch nothing
+        is loaded and :class:`minigrad.CheckpointError` lists every problem. Shapes and dtypes
+        must match exactly (no silent casts). With ``strict=False``, names missing from ``state``
+        keep their values and names the model lacks are ignored; both lists are returned as
+        ``IncompatibleKeys(missing_keys, unexpected_keys)``.
+        """
+        if not hasattr(state, "items"):
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected a dict of name -> array, "
+                            f"got {type(state).__name__}")
+        own = dict(self.named_parameters())
+        arrays, problems = {}, []
+        for name, value in state.items():
+            if not isinstance(name, str):
+                problems.append(f"key {name!r} is not a string")
+                continue
+            arrays[name] = value.data if isinstance(value, Tensor) else np.asarray(value)
+        missing = [k for k in own if k not in arrays]
+        unexpected = [k for k in arrays if k not in own]
+        if strict and missing:
+            problems.append(f"missing keys (in the model, not in the state): {missing}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys (in the state, not in the model): {unexpected}")
+        for name, p in own.items():
+            if name not in arrays:
+                continue
+            a = arrays[name]
+            if a.shape != p.shape:
+                problems.append(f"'{name}': shape {a.shape} in the state, {p.shape} in the model")
+            if a.dtype != p.dtype:
+                problems.append(f"'{name}': dtype {a.dtype} in the state, {p.dtype} in the model")
+        if problems:
+            raise CheckpointError(f"{type(self).__name__}.load_state_dict: the state does not match the model; "
+                                  f"nothing was loaded:\n  " + "\n  ".join(problems))
+        for name, p in own.items():
+            if name not in arrays:
+                continue
+            if p.data.flags.writeable:      # in place, as the optimizers do; bumping the version makes a
+                np.copyto(p.data, arrays[name])   # graph recorded before the load refuse to backward
+                p._bump()
+            else:
+                p.data = np.array(arrays[name], dtype=p.dtype, copy=True)
+        return IncompatibleKeys(missing, unexpected)
+
+    # -- printing
+    def extra_repr(self) -> str:
+        """The text inside this module's parentheses in its repr (its configuration)."""
+        return ""
+
+    def __repr__(self):
+        extra = self.extra_repr()
+        children = [f"({name}): {_indent(repr(m))}" for name, m in self._modules.items()]
+        if not children:
+            return f"{type(self).__name__}({extra})"
+        lines = (extra.split("\n") if extra else []) + children
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+
+class ModuleList(Module):
+    """A list of modules, registered as children ``'0'``, ``'1'``, ... A plain list or tuple of
+    modules assigned to a module attribute is wrapped in one automatically."""
+
+    def __init__(self, modules=()):
+        super().__init__()
+        for m in modules:
+            self.append(m)
+
+    def append(self, module: Module) -> "ModuleList":
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}: items must be Modules, got {type(module).__name__}")
+        self._modules[str(len(self._modules))] = module
+        return self
+
+    def extend(self, modules) -> "ModuleList":
+        for m in modules:
+            self.append(m)
+        return self
+
+    def _key(self, i):
+        n = len(self._modules)
+        if not -n <= i < n:
+            raise IndexError(f"{type(self).__name__}: index {i} out of range for {n} modules")
+        return str(i % n)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return type(self)(list(self._modules.values())[i])
+        return self._modules[self._key(i)]
+
+    def __setitem__(self, i, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"{type(self).__name__}: items must be Modules, got {type(module).__name__}")
+        self._modules[self._key(i)] = module
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+
+def functional_call(module: Module, tensors: dict, *args, **kwargs):
+    """Call ``module(*args, **kwargs)`` with some parameters temporarily replaced by ``tensors``
+    (dotted name -> Tensor), like ``torch.func.functional_call``. The replacements are ordinary
+    Tensors, so gradients flow to them; e.g. ``mg.gradcheck(lambda x, W: functional_call(layer,
+    {'weight': W}, x), [x, W])`` checks a layer's weight gradient."""
+    swapped = []
+    try:
+        for name, t in tensors.items():
+            *path, leaf = name.split(".")
+            owner = module
+            for part in path:
+                owner = owner._modules.get(part)
+                if owner is None:
+                    break
+            if owner is None or leaf not in owner._parameters:
+                raise KeyError(f"functional_call: {type(module).__name__} has no parameter '{name}' "
+                               f"(it has {[n for n, _ in module.named_parameters()]})")
+            swapped.append((owner, leaf, owner._parameters[leaf]))
+            owner._parameters[leaf] = t if isinstance(t, Tensor) else Tensor(t)
+        return module(*args, **kwargs)
+    finally:
+        for owner, leaf, p in reversed(swapped):
+            owner._parameters[leaf] = p
