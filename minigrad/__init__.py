@@ -1,23 +1,24 @@
 """minigrad: a small, honest deep-learning framework on numpy.
 
 ``import minigrad as mg``: ``mg.Tensor`` with reverse-mode autodiff, ``mg.primitive`` for ops
-(the library's and yours), ``mg.gradcheck``, ``mg.scan`` for looped recurrences, ``mg.nn``.
+(the library's and yours), ``mg.gradcheck``, ``mg.scan`` for looped recurrences, ``mg.nn``,
+``mg.optim``, ``mg.save`` / ``mg.load``.
 """
+# ruff: noqa: F401, I001  (this file is the public namespace; nn comes after what it builds on)
+from .tensor import Tensor
 from . import ops
 from .engine import (detect_anomaly, enable_grad, graph_size, is_grad_enabled, no_grad, primitive,
                      set_grad_enabled, unbroadcast)
 from .functional import (arange, chunk, clip, concatenate, expand_dims, full, log_softmax, logsumexp,
                          maximum, mean, minimum, ones, ones_like, rand, randn, softmax, split, squeeze,
                          stack, tensor, var, where, zeros, zeros_like)
-from .gradcheck import GradcheckError, gradcheck
-from .scan import scan
 from .ops import absolute as abs  # noqa: A001
 from .ops import exp, log, matmul, relu, reshape, sigmoid, sqrt, tanh, transpose
 from .ops import max, min, sum  # noqa: A004
-from .tensor import Tensor
-
-from . import nn, optim  # noqa: E402,I001  (nn builds on everything above)
+from .gradcheck import GradcheckError, gradcheck
+from .scan import scan
 from .io import CheckpointError, load, save
 from .random import get_rng, seed
+from . import nn, optim, interop
 
 __version__ = "0.1.0"

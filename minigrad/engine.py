@@ -13,6 +13,7 @@ import contextlib
 import functools
 import gc
 import inspect
+
 import numpy as np
 
 from .tensor import Tensor, _state

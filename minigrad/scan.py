@@ -185,7 +185,7 @@ class _Program:
         for v, (kind, *_) in enumerate(self.vars):
             cls[v] = {"carry": "step", "x": "hoist", "outside": "inv"}.get(kind)
         live = set(self.carry_out) | set(self.ys_out)
-        for prim, refs, kwargs, out in reversed(self.ops):
+        for _prim, refs, _kwargs, out in reversed(self.ops):
             if out in live:
                 live.update(r for r in refs if isinstance(r, int))
         self.live_ops = []
@@ -226,7 +226,7 @@ class _Program:
     def _trial(self, tr):
         """Run each recorded vjp once on ones, to learn every gradient's shape, dtype, None-ness."""
         self.trial = {}
-        for k, (prim, refs, kwargs, out) in enumerate(tr.ops):
+        for k, (*_, out) in enumerate(tr.ops):
             t = tr.vars[out][1]
             if t._vjp is None or t._vjp is _freed:
                 continue

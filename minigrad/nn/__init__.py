@@ -8,14 +8,12 @@ from . import functional, init, utils
 from .layers import Dropout, Embedding, Linear, ReLU, Sequential, Sigmoid, Tanh
 from .loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from .module import IncompatibleKeys, Module, ModuleList, Parameter, functional_call
+from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, gru_step, lstm_step, rnn_step
 from .summary import summary
 from .training import evaluate, fit
 from .utils import clip_grad_norm_
 
-# ---- recurrent layers (recurrent.py, owned by the lead): add their import here, e.g.
-# from .recurrent import GRU, LSTM, RNN, LSTMCell
-# ----
-
 __all__ = ["Module", "Parameter", "ModuleList", "IncompatibleKeys", "functional_call", "Linear", "Embedding",
            "Dropout", "ReLU", "Tanh", "Sigmoid", "Sequential", "MSELoss", "BCELoss", "BCEWithLogitsLoss",
-           "CrossEntropyLoss", "summary", "fit", "evaluate", "clip_grad_norm_", "functional", "init", "utils"]
+           "CrossEntropyLoss", "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "lstm_step", "gru_step",
+           "rnn_step", "summary", "fit", "evaluate", "clip_grad_norm_", "functional", "init", "utils"]
