@@ -313,9 +313,11 @@ def test_layer_input_errors_name_layer_shapes_and_dtypes():
     with pytest.raises(ValueError, match=r"Linear\(3, 2\): input shape \(4, 5\) does not end in in_features=3"):
         lin(np.zeros((4, 5)))
     with pytest.raises(TypeError, match="input has dtype float64 but the layer's parameters are float32"):
-        lin(mg.Tensor(np.zeros((4, 3))))
-    out = lin(np.zeros((4, 3)))          # plain arrays are converted to the layer's dtype
-    assert out.dtype == np.float32
+        lin(mg.Tensor(np.zeros((4, 3)), requires_grad=True))
+    for data in (np.zeros((4, 3)), mg.randn(4, 3), [[0, 1, 2]]):   # data is converted to the layer's dtype
+        assert lin(data).dtype == np.float32
+    with pytest.raises(TypeError, match=r"Linear\(3, 2\): input must be numeric"):
+        lin(np.array([["a", "b", "c"]]))
     with pytest.raises(TypeError, match="dtype must be a floating-point"):
         nn.Linear(2, 2, dtype=np.int32)
     with pytest.raises(ValueError, match="in_features must be a positive integer"):
@@ -667,3 +669,37 @@ def test_plain_progress_bar():
     assert "3 it" in out.getvalue() and "loss=0.5" in out.getvalue()
     with pytest.raises(ValueError, match="backend"):
         progress(range(2), backend="fancy")
+
+
+def test_progress_uses_tqdm_when_installed(monkeypatch):
+    import sys
+    import types
+
+    made = []
+
+    class FakeTqdm:
+        def __init__(self, iterable=None, **kwargs):
+            made.append(kwargs)
+            self.iterable = iterable
+
+        def __iter__(self):
+            return iter(self.iterable)
+
+    fake, fake_auto = types.ModuleType("tqdm"), types.ModuleType("tqdm.auto")
+    fake_auto.tqdm = FakeTqdm
+    fake.auto = fake_auto
+    monkeypatch.setitem(sys.modules, "tqdm", fake)
+    monkeypatch.setitem(sys.modules, "tqdm.auto", fake_auto)
+    monkeypatch.delenv("MINIGRAD_PLAIN_PROGRESS", raising=False)
+    bar = progress(range(3), total=3, desc="epoch 1")
+    assert isinstance(bar, FakeTqdm) and list(bar) == [0, 1, 2]
+    assert made == [dict(total=3, desc="epoch 1", disable=False, file=None)]
+    monkeypatch.setenv("MINIGRAD_PLAIN_PROGRESS", "1")
+    assert isinstance(progress(range(3)), PlainProgress)
+
+
+def test_progress_with_real_tqdm():
+    pytest.importorskip("tqdm")
+    out = io.StringIO()
+    assert list(progress(range(3), desc="real", file=out, backend="tqdm")) == [0, 1, 2]
+    assert "real" in out.getvalue()

@@ -1,8 +1,8 @@
 """Layers built from Tensor ops only: none has a gradient of its own.
 
-Parameters take the layer's ``dtype`` (float32 by default). Inputs that are plain arrays or
-lists are converted to that dtype (as Keras does); a Tensor of another float dtype is an error
-rather than a silent upcast of the whole model.
+Parameters take the layer's ``dtype`` (float32 by default). Input data (arrays, lists, Tensors
+that do not require grad) is converted to that dtype, as Keras does; a Tensor that requires
+grad and has another dtype is an error, rather than a silent change of precision inside a graph.
 """
 from __future__ import annotations
 
@@ -33,13 +33,15 @@ def _positive_int(value, what, layer):
 
 
 def as_input(x, dtype, layer: str) -> Tensor:
-    """``x`` as a Tensor of the layer's float ``dtype``: arrays and lists are converted, a Tensor
-    must already have that dtype (a clear TypeError otherwise)."""
+    """``x`` as a Tensor of the layer's float ``dtype``: data is converted; a Tensor in a graph
+    (``requires_grad``) must already have that dtype (a clear TypeError otherwise)."""
     if isinstance(x, Tensor):
-        if x.dtype != dtype:
+        if x.dtype == dtype:
+            return x
+        if x.requires_grad:
             raise TypeError(f"{layer}: input has dtype {x.dtype} but the layer's parameters are {dtype}; "
                             f"convert the input with .astype(np.{dtype}) or build the layer with dtype=np.{x.dtype}")
-        return x
+        x = x.data
     arr = np.asarray(x)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{layer}: input must be numeric, got dtype {arr.dtype}")
