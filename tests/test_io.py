@@ -108,7 +108,8 @@ def test_process_killed_mid_write_never_truncates_the_target(tmp_path):
         np.lib.format.write_array = write_then_die
         mg.save({{"w": np.zeros(4), "v": np.ones(1000)}}, {str(path)!r})
     """)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 3, result.stderr
     assert path.read_bytes() == old_bytes

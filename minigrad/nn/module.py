@@ -274,8 +274,9 @@ class Module:
 
 
 class ModuleList(Module):
-    """A list of modules, registered as children ``'0'``, ``'1'``, ... A plain list or tuple of
-    modules assigned to a module attribute is wrapped in one automatically."""
+    """A list of modules, registered as children ``'0'``, ``'1'``, ... A non-empty plain list or
+    tuple of modules assigned to a module attribute is wrapped in one automatically (an empty
+    list stays a plain list, so to build one up use ``self.layers = ModuleList()`` and append)."""
 
     def __init__(self, modules=()):
         super().__init__()
