@@ -13,6 +13,7 @@ import contextlib
 import functools
 import gc
 import inspect
+import weakref
 
 import numpy as np
 
@@ -115,6 +116,14 @@ def _describe(prim, arrays, kwargs, err):
 
 
 _epoch = [0]   # a global clock, advanced by every in-place change to a Tensor's data (Tensor._bump)
+_modified = {}  # id(array) -> (epoch of its last in-place change, weakref): arrays changed in place
+
+
+def _note_inplace(arr, epoch):
+    """Remember, while ``arr`` lives, that it changed in place at ``epoch``. By array, not by tensor:
+    a vjp may have saved a view of it (``W.T``) or it may belong to a tensor outside the graph."""
+    key = id(arr)
+    _modified[key] = (epoch, weakref.ref(arr, lambda _, key=key: _modified.pop(key, None)))
 
 
 def apply(prim: Primitive, args, kwargs):
@@ -185,11 +194,11 @@ def _check_versions(t):
     """Raise if an input the vjp of ``t`` reads was modified in place after the forward."""
     cells = [c.cell_contents for c in (getattr(t._vjp, "__closure__", None) or ())]
     arrays = [c for c in cells if isinstance(c, np.ndarray)]
-    # A tensor's _version is the epoch of its last in-place change: later than t's own epoch
-    # means it changed after t was recorded.
-    changed = [p for p in (*t._parents, t) if p is not None and p._version > t._epoch]
+    # An array changed in place at an epoch later than t's own changed after t was recorded; the
+    # vjp reads it if it saved that array, a view of it, or an array it views.
+    changed = [ref() for epoch, ref in list(_modified.values()) if epoch > t._epoch]
     for p in changed:
-        if any(np.may_share_memory(a, p._data) for a in arrays):
+        if p is not None and any(np.may_share_memory(a, p) for a in arrays):
             raise RuntimeError(
                 f"backward: an input of op '{t._op}' (shape {p.shape}, dtype {p.dtype}) was modified in place "
                 f"after the forward pass and before backward; its gradient would be wrong. Do the in-place "

@@ -78,9 +78,10 @@ class Tensor:
         self._bump()
 
     def _bump(self):
-        from .engine import _epoch
+        from .engine import _epoch, _note_inplace
         _epoch[0] += 1
         self._version = _epoch[0]
+        _note_inplace(self._data, _epoch[0])
 
     def requires_grad_(self, flag: bool = True) -> "Tensor":
         if flag and self._data.dtype.kind != "f":

@@ -149,6 +149,32 @@ def test_inplace_change_of_the_other_factor_is_caught_too():
         loss.backward()
 
 
+def test_inplace_change_seen_through_a_view_is_caught():
+    x = mg.Tensor([[1.0, 2.0]], requires_grad=True)
+    W = mg.Tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    loss = (x @ W.T).sum()                 # matmul saved W.T, a view of W's array
+    W.data -= 1.0
+    with pytest.raises(RuntimeError, match="matmul.*modified in place"):
+        loss.backward()
+
+
+def test_inplace_change_of_a_tensor_outside_the_graph_is_caught():
+    x = mg.Tensor([1.0, 2.0], requires_grad=True)
+    c = mg.Tensor([3.0, 4.0])              # requires no grad, but multiply saved it for x's gradient
+    loss = (x * c).sum()
+    c.data *= 2.0
+    with pytest.raises(RuntimeError, match="multiply.*modified in place"):
+        loss.backward()
+
+
+def test_inplace_change_before_the_forward_is_fine():
+    w = mg.Tensor([1.0, 2.0], requires_grad=True)
+    w.data -= 0.5                          # an earlier optimizer step
+    loss = (w * w).sum()
+    loss.backward()
+    np.testing.assert_array_equal(w.grad, [1.0, 3.0])
+
+
 def test_inplace_change_of_an_input_the_vjp_does_not_read_is_fine():
     a = mg.Tensor([1.0, 2.0], requires_grad=True)
     b = mg.Tensor([3.0, 4.0], requires_grad=True)

@@ -8,6 +8,7 @@ the float64 gradient equals central finite differences.
 """
 from __future__ import annotations
 
+import operator
 import warnings
 from typing import Any, Callable
 
@@ -20,7 +21,7 @@ from hypothesis import given
 import minigrad as mg
 from minigrad.testing import assert_grad_close, broadcastable_shapes, float_dtypes, floats, shapes, valid_axes
 
-MAX_SIDE = 3          # up to 27 elements: a full-Jacobian gradient check stays cheap
+MAX_SIDE = 4          # up to 64 elements: a full-Jacobian gradient check stays cheap
 
 # ---------------------------------------------------------------- value domains
 
@@ -348,3 +349,131 @@ def test_gradient_matches_finite_differences(op, data):
         it = iter(tensors)
         return op.fn(*[consts[i] if i in consts else next(it) for i in range(len(xs))], **params)
     assert_grad_close(fn, *free)
+
+
+# ---------------------------------------------------------------- numerical stability
+
+def _no_warnings(fn):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return fn()
+
+
+def test_sigmoid_of_huge_inputs_is_finite_and_silent():
+    x = mg.Tensor([-1000.0, -20.0, 0.0, 20.0, 1000.0], requires_grad=True)
+    y = _no_warnings(lambda: x.sigmoid())
+    _no_warnings(lambda: y.sum().backward())
+    np.testing.assert_allclose(y.data, [0.0, 2.0611536181902037e-09, 0.5, 1 - 2.0611536181902037e-09, 1.0],
+                               rtol=1e-6, atol=0)
+    assert np.all(np.isfinite(x.grad))
+    np.testing.assert_allclose(x.grad[[0, 2, 4]], [0.0, 0.25, 0.0])
+
+
+@pytest.mark.parametrize("shift", [1000.0, -1000.0])
+def test_logsumexp_softmax_log_softmax_are_stable_for_large_inputs(shift):
+    base = np.array([[0.0, 1.0, -2.0], [3.0, 3.0, 0.5]])
+    x = mg.Tensor(base + shift, requires_grad=True)
+    lse = _no_warnings(lambda: mg.logsumexp(x, axis=1))
+    np.testing.assert_allclose(lse.data, np.log(np.exp(base).sum(axis=1)) + shift, rtol=1e-12)
+    np.testing.assert_allclose(_no_warnings(lambda: x.softmax(axis=1)).data,
+                               np.exp(base) / np.exp(base).sum(axis=1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(_no_warnings(lambda: mg.log_softmax(x, axis=1)).data,
+                               base - np.log(np.exp(base).sum(axis=1, keepdims=True)), rtol=1e-12, atol=1e-12)
+    _no_warnings(lambda: lse.sum().backward())
+    np.testing.assert_allclose(x.grad, np.exp(base) / np.exp(base).sum(axis=1, keepdims=True), rtol=1e-12)
+    assert float(mg.logsumexp(mg.Tensor([shift, shift]))) == pytest.approx(shift + np.log(2), rel=1e-15)
+
+
+# ---------------------------------------------------------------- comparisons
+
+COMPARISONS = [(operator.eq, np.equal), (operator.ne, np.not_equal), (operator.lt, np.less),
+               (operator.le, np.less_equal), (operator.gt, np.greater), (operator.ge, np.greater_equal)]
+
+
+@pytest.mark.parametrize("compare, ref", COMPARISONS, ids=[c[0].__name__ for c in COMPARISONS])
+def test_comparisons_give_bool_tensors_without_grad(compare, ref):
+    a = np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])
+    b = np.array([2.0, 2.0, 2.0])
+    t = mg.Tensor(a, requires_grad=True)
+    for out, expected in [(compare(t, mg.Tensor(b, requires_grad=True)), ref(a, b)),
+                          (compare(t, 2.0), ref(a, 2.0)),
+                          (compare(b, t), ref(b, a)),        # ndarray on the left: reflected on the Tensor
+                          (compare(2.0, t), ref(2.0, a))]:
+        assert isinstance(out, mg.Tensor)
+        assert out.dtype == np.bool_ and not out.requires_grad and mg.graph_size(out) == 0
+        np.testing.assert_array_equal(out.data, expected)
+
+
+def test_a_comparison_can_select_with_where():
+    x = mg.Tensor([-1.0, 2.0, -3.0], requires_grad=True)
+    y = mg.where(x > 0, x, x * 0.1)                       # leaky relu
+    y.sum().backward()
+    np.testing.assert_allclose(y.data, [-0.1, 2.0, -0.3])
+    np.testing.assert_allclose(x.grad, [0.1, 1.0, 0.1])
+
+
+# ---------------------------------------------------------------- dtypes
+
+def test_construction_dtypes():
+    assert mg.Tensor(np.ones(2, np.float32)).dtype == np.float32      # a float ndarray keeps its dtype
+    assert mg.Tensor(np.ones(2, np.float64)).dtype == np.float64
+    assert mg.Tensor([1, 2]).dtype == np.float64                      # lists and numbers: float64
+    assert mg.Tensor([1.5, 2.0]).dtype == np.float64
+    assert mg.Tensor(3).dtype == np.float64 and mg.Tensor(3).shape == ()
+    assert mg.Tensor(2.5).dtype == np.float64
+    assert mg.Tensor([1, 2], dtype=np.float32).dtype == np.float32
+    assert mg.Tensor(np.arange(3)).dtype == np.arange(3).dtype       # an integer array stays integer
+
+
+def test_float32_with_python_and_numpy_scalars_stays_float32():
+    x = mg.Tensor(np.array([0.5, 1.5], np.float32), requires_grad=True)
+    y = (2.0 * x + 1) / 3.0 - np.float64(0.25)
+    y = (y ** 2 + 2.0 ** y + x.maximum(1.0) + x.clip(0.0, 1.0) + np.array(1.5) * x).exp().mean()
+    assert y.dtype == np.float32
+    y.backward()
+    assert x.grad.dtype == np.float32 and x.grad.shape == (2,)
+
+
+def test_gradients_have_their_tensors_dtype_and_shape_when_dtypes_mix():
+    a = mg.Tensor(np.ones((2, 1), np.float32), requires_grad=True)
+    b = mg.Tensor(np.ones(3, np.float64), requires_grad=True)
+    y = a * b                                             # numpy promotion: float64 result
+    assert y.dtype == np.float64
+    y.sum().backward()
+    assert a.grad.dtype == np.float32 and a.grad.shape == (2, 1)
+    assert b.grad.dtype == np.float64 and b.grad.shape == (3,)
+    np.testing.assert_array_equal(a.grad, [[3.0], [3.0]])
+    np.testing.assert_array_equal(b.grad, [2.0, 2.0, 2.0])
+
+
+# ---------------------------------------------------------------- indexing and ties, by hand
+
+def test_integer_indexing_with_repeats_accumulates():
+    x = mg.Tensor([10.0, 20.0, 30.0], requires_grad=True)
+    (x[[0, 0, 2, 0]] * mg.Tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    np.testing.assert_array_equal(x.grad, [7.0, 0.0, 3.0])
+
+
+def test_boolean_mask_gradient():
+    x = mg.Tensor([[1.0, -2.0], [-3.0, 4.0]], requires_grad=True)
+    picked = x[x.data > 0]
+    np.testing.assert_array_equal(picked.data, [1.0, 4.0])
+    (picked * 5.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [[5.0, 0.0], [0.0, 5.0]])
+
+
+def test_max_tie_splits_the_gradient_as_central_differences_do():
+    x = mg.Tensor([1.0, 3.0, 3.0], requires_grad=True)
+    x.max().backward()
+    np.testing.assert_array_equal(x.grad, [0.0, 0.5, 0.5])
+    assert mg.gradcheck(lambda t: t.max(), [mg.Tensor([1.0, 3.0, 3.0], requires_grad=True)])
+    a, b = mg.Tensor(2.0, requires_grad=True), mg.Tensor(2.0, requires_grad=True)
+    mg.maximum(a, b).backward()
+    assert a.grad == 0.5 and b.grad == 0.5
+
+
+def test_reductions_accept_a_list_of_axes():
+    x = mg.Tensor(np.arange(24.0).reshape(2, 3, 4))
+    np.testing.assert_array_equal(x.sum(axis=[0, 2]).data, np.arange(24.0).reshape(2, 3, 4).sum(axis=(0, 2)))
+    np.testing.assert_array_equal(x.max(axis=[0, -1]).data, np.arange(24.0).reshape(2, 3, 4).max(axis=(0, 2)))
+    np.testing.assert_array_equal(x.mean(axis=[1]).data, np.arange(24.0).reshape(2, 3, 4).mean(axis=1))
