@@ -42,6 +42,7 @@ def var(x, axis=None, keepdims=False, ddof=0):
 def logsumexp(x, axis=None, keepdims=False):
     """log(sum(exp(x))), shifted by the (detached) max so it never overflows."""
     x = _t(x)
+    axis = tuple(axis) if isinstance(axis, list) else axis
     m = _shift(x, axis)
     out = (x - m).exp().sum(axis, keepdims=True).log() + m
     return out if keepdims else squeeze(out, axis if axis is not None else None)
@@ -61,6 +62,7 @@ def log_softmax(x, axis=-1):
 
 def softmax(x, axis=-1):
     x = _t(x)
+    axis = tuple(axis) if isinstance(axis, list) else axis
     e = (x - _shift(x, axis)).exp()
     return e / e.sum(axis, keepdims=True)
 
