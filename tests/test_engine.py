@@ -2,9 +2,11 @@
 anomaly detection, clear errors, grad mode, and the Tensor's own surface."""
 from __future__ import annotations
 
+import gc
 import math
 import threading
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -108,6 +110,33 @@ def test_retain_graph_allows_a_second_backward_that_accumulates():
     np.testing.assert_array_equal(x.grad, [2.0, 4.0])
     y.backward()
     np.testing.assert_array_equal(x.grad, [4.0, 8.0])
+
+
+def _graph_holding_only_in_a_vjp():
+    """x * c where c's array is referenced by nothing but multiply's vjp closure."""
+    x = mg.Tensor([1.0, 2.0, 3.0], requires_grad=True)
+    saved = np.array([4.0, 5.0, 6.0])
+    ref = weakref.ref(saved)
+    y = (x * mg.Tensor(saved)).sum()
+    del saved
+    gc.collect()
+    assert ref() is not None
+    return x, y, ref
+
+
+def test_backward_frees_the_saved_arrays():
+    x, y, ref = _graph_holding_only_in_a_vjp()
+    y.backward()
+    gc.collect()
+    assert ref() is None
+    np.testing.assert_array_equal(x.grad, [4.0, 5.0, 6.0])
+
+
+def test_retain_graph_keeps_the_saved_arrays():
+    x, y, ref = _graph_holding_only_in_a_vjp()
+    y.backward(retain_graph=True)
+    gc.collect()
+    assert ref() is not None
 
 
 def test_gradients_accumulate_across_graphs_until_zero_grad():
@@ -257,6 +286,17 @@ def test_where_shape_mismatch_names_op_and_shapes():
         mg.where(np.ones((2, 3), bool), mg.Tensor(np.ones(4), requires_grad=True), 0.0)
 
 
+@pytest.mark.parametrize("fn, pattern", [
+    (lambda: mg.Tensor(np.ones(3))[5], r"getitem: index 5 is invalid for shape \(3,\)"),
+    (lambda: mg.concatenate([mg.Tensor(np.ones((2, 3))), mg.Tensor(np.ones((3, 4)))], axis=0),
+     r"concatenate: .*\(2, 3\) and \(3, 4\)"),
+    (lambda: mg.Tensor(np.ones((2, 3))).reshape(4), r"reshape: .*\(2, 3\)"),
+])
+def test_other_bad_inputs_name_op_and_shapes(fn, pattern):
+    with pytest.raises((ValueError, IndexError), match=pattern):
+        fn()
+
+
 def test_a_vjp_returning_a_misshapen_gradient_is_an_error_not_a_silent_reshape():
     @mg.primitive
     def transposed(x):
@@ -359,3 +399,45 @@ def test_repr_is_readable():
     assert "dtype=float32" in repr(mg.Tensor(np.ones(2, np.float32)))
     big = repr(mg.Tensor(np.zeros(1000)))
     assert "..." in big and len(big) < 200
+
+
+# ---------------------------------------------------------------- user primitives
+
+@mg.primitive
+def scale_by(x, s, *, power=1):
+    """x * s**power; the gradient for s is deliberately not given (None)."""
+    return x * s ** power, lambda g: (g * s ** power, None)
+
+
+def test_primitive_with_a_none_gradient_and_static_keywords():
+    x, s = mg.Tensor([1.0, 2.0], requires_grad=True), mg.Tensor(3.0, requires_grad=True)
+    y = scale_by(x, s, power=2)
+    assert y.op == "scale_by"
+    np.testing.assert_array_equal(y.data, [9.0, 18.0])
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, [9.0, 9.0])   # the scalar gradient broadcasts back to (2,)
+    assert s.grad is None
+
+
+def test_primitive_needs_grad_tells_which_inputs_need_a_gradient():
+    seen = []
+
+    @mg.primitive
+    def mul(a, b, *, needs_grad):
+        seen.append(needs_grad)
+        return a * b, lambda g: (g * b, g * a)
+
+    mul(mg.Tensor([1.0], requires_grad=True), mg.Tensor([2.0]))
+    mul(mg.Tensor([1.0]), np.array([2.0]))
+    with mg.no_grad():
+        mul(mg.Tensor([1.0], requires_grad=True), mg.Tensor([2.0], requires_grad=True))
+    assert seen == [(True, False), (False, False), (False, False)]
+
+
+def test_a_vjp_returning_the_wrong_number_of_gradients_is_an_error():
+    @mg.primitive
+    def two_inputs(a, b):
+        return a + b, lambda g: (g,)
+    y = two_inputs(mg.Tensor([1.0], requires_grad=True), mg.Tensor([2.0], requires_grad=True))
+    with pytest.raises(RuntimeError, match="two_inputs: vjp returned 1 gradients for 2 inputs"):
+        y.sum().backward()
