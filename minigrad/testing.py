@@ -2,13 +2,18 @@
 
 A property-based gradient test of your own op or model takes a few lines::
 
-    from hypothesis import given
+    import numpy as np
     import minigrad as mg
+    from hypothesis import given
     from minigrad.testing import arrays, assert_grad_close
 
-    @given(arrays(elements=(0.1, 2.0)))
-    def test_my_op_gradient(x):
-        assert_grad_close(lambda t: my_op(t).sum(), x)
+    @mg.primitive
+    def softplus(x):
+        return np.logaddexp(0, x), lambda g: (g / (1 + np.exp(-x)),)
+
+    @given(arrays(elements=(-5.0, 5.0)))       # shapes drawn: scalars, size-1 dims, up to 3 dims of 1..4
+    def test_softplus_gradient(x):
+        assert_grad_close(softplus, x)
 
 This module imports ``hypothesis`` (install the test extra: ``pip install minigrad[test]``);
 ``import minigrad`` alone never does.
