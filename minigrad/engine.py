@@ -24,7 +24,7 @@ __all__ = ["primitive", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_e
 
 
 def is_grad_enabled() -> bool:
-    return getattr(_state, "grad", True)
+    return _state.grad
 
 
 class set_grad_enabled(contextlib.ContextDecorator):
@@ -57,7 +57,7 @@ class detect_anomaly(contextlib.ContextDecorator):
     """Raise ``FloatingPointError`` at the first op whose forward or backward gives NaN or inf."""
 
     def __enter__(self):
-        self.prev = getattr(_state, "anomaly", False)
+        self.prev = _state.anomaly
         _state.anomaly = True
 
     def __exit__(self, *exc):
@@ -127,45 +127,39 @@ def _note_inplace(arr, epoch):
 
 
 def apply(prim: Primitive, args, kwargs):
-    arrays = []
+    """Run a primitive on Tensors (and constants); record it when a gradient is needed."""
+    arrays = [a._data if isinstance(a, Tensor) else a for a in args]
     need = False
-    for a in args:
-        if isinstance(a, Tensor):
-            arrays.append(a._data)
-            need = need or a.requires_grad
-        else:
-            arrays.append(a)
-    need = need and getattr(_state, "grad", True)
+    if _state.grad:
+        for a in args:
+            if isinstance(a, Tensor) and a.requires_grad:
+                need = True
+                break
     if prim.wants_needs:
-        kwargs["needs_grad"] = tuple(need and isinstance(a, Tensor) and a.requires_grad for a in args)
+        kwargs["needs_grad"] = tuple([isinstance(a, Tensor) and a.requires_grad for a in args]) if need \
+            else (False,) * len(args)
     try:
         out, vjp = prim.fn(*arrays, **kwargs)
     except (ValueError, TypeError, IndexError) as err:
         raise type(err)(_describe(prim, arrays, kwargs, err)) from err
     if type(out) is not np.ndarray:
         out = np.asarray(out)
-    if need and out.dtype.kind != "f":    # comparisons, integer results: nothing to differentiate
-        need = False
     t = Tensor.__new__(Tensor)
     t._data = out
     t.grad = None
-    t._version = 0
-    t.name = None
-    if need:
+    if need and out.dtype.kind == "f":      # comparisons, integer results: nothing to differentiate
         t.requires_grad = True
-        t._parents = tuple(a if isinstance(a, Tensor) and a.requires_grad else None for a in args)
+        t._parents = tuple([a if isinstance(a, Tensor) and a.requires_grad else None for a in args])
         t._vjp = vjp
         t._op = prim.name
         t._epoch = _epoch[0]
     else:
         t.requires_grad = False
         t._parents = ()
-        t._vjp = None
-        t._op = None
-    trace = getattr(_state, "trace", None)
-    if trace is not None:
-        trace.record(prim, args, kwargs, t)
-    if getattr(_state, "anomaly", False):
+        t._vjp = t._op = None
+    if _state.trace is not None:
+        _state.trace.record(prim, args, kwargs, t)
+    if _state.anomaly:
         _check_finite(out, f"forward of op '{prim.name}'")
     return t
 
@@ -186,6 +180,19 @@ def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
     return grad.reshape(shape)
 
 
+class IndexedGrad:
+    """A gradient that is zero except at ``index`` (a basic index), where it is ``grad``.
+
+    The vjp of slicing returns one instead of a mostly-zero array: the engine adds ``grad``
+    into the input's gradient buffer in place, so the slices of one tensor (the gates of an
+    LSTM) share a single buffer instead of one full array each."""
+
+    __slots__ = ("index", "grad")
+
+    def __init__(self, index, grad):
+        self.index, self.grad = index, grad
+
+
 def _freed(g):
     raise AssertionError("unreachable")   # identity marks a node whose saved arrays were released
 
@@ -193,6 +200,7 @@ def _freed(g):
 def _check_versions(t):
     """Raise if an input the vjp of ``t`` reads was modified in place after the forward."""
     cells = [c.cell_contents for c in (getattr(t._vjp, "__closure__", None) or ())]
+    cells += [a for c in cells if isinstance(c, (tuple, list)) for a in c]    # e.g. scan's kept arrays
     arrays = [c for c in cells if isinstance(c, np.ndarray)]
     # An array changed in place at an epoch later than t's own changed after t was recorded; the
     # vjp reads it if it saved that array, a view of it, or an array it views.
@@ -232,7 +240,7 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                     pending[k] = 1
                     stack.append(p)
 
-    anomaly = getattr(_state, "anomaly", False)
+    anomaly = _state.anomaly
     _state.retain_graph = retain_graph    # read by multi-output nodes (scan) that free their own state
     epoch = _epoch[0]
     grads = {id(root): grad}
@@ -274,7 +282,16 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                 if p is None:
                     continue
                 k = id(p)
-                if gi is not None:
+                if type(gi) is IndexedGrad:
+                    buf = grads.get(k)
+                    if buf is None or id(buf) not in owned:
+                        buf = np.zeros(p._data.shape, p._data.dtype) if buf is None else np.array(buf)
+                        owned.add(id(buf))
+                        grads[k] = buf
+                    if anomaly:
+                        _check_finite(np.asarray(gi.grad), f"backward of op '{t._op}'")
+                    buf[gi.index] += gi.grad
+                elif gi is not None:
                     if type(gi) is not np.ndarray:
                         gi = np.asarray(gi)
                     if gi.shape != p._data.shape:
@@ -283,7 +300,7 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                         except ValueError:
                             raise RuntimeError(f"{t._op}: vjp returned a gradient of shape {gi.shape} for an "
                                                f"input of shape {p._data.shape}") from None
-                    if gi.dtype != p._data.dtype:
+                    if gi.dtype is not p._data.dtype and gi.dtype != p._data.dtype:
                         gi = gi.astype(p._data.dtype)
                     if anomaly:
                         _check_finite(gi, f"backward of op '{t._op}'")
@@ -308,7 +325,7 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
 
 def active_trace():
     """The trace being recorded by ``scan`` on this thread, or None."""
-    return getattr(_state, "trace", None)
+    return _state.trace
 
 
 def _accumulate_leaf(t, g, owned):

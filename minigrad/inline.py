@@ -65,8 +65,29 @@ def _value(node, known):
 class _Folder(ast.NodeTransformer):
     """Rename names and fold what is known: conditions, ranks, shapes, pure helper calls."""
 
-    def __init__(self, rename, known, shapes, ranks, functions):
+    def __init__(self, rename, known, shapes, ranks, functions, literal=None):
         self.rename, self.known, self.shapes, self.ranks, self.functions = rename, known, shapes, ranks, functions
+        self.literal = literal
+
+    def _number(self, node):
+        """A numeric literal operand of arithmetic becomes a named 0-d array of the op's dtype:
+        a ufunc call with one is about twice as fast as with a Python float."""
+        if (self.literal is not None and isinstance(node, ast.Constant)
+                and isinstance(node.value, (int, float)) and not isinstance(node.value, bool)):
+            return ast.copy_location(ast.Name(id=self.literal(node.value), ctx=ast.Load()), node)
+        return node
+
+    def visit_BinOp(self, node):
+        node = self.generic_visit(node)
+        if isinstance(node.left, ast.Constant) and isinstance(node.right, ast.Constant):
+            return self._fold(node)
+        node.left, node.right = self._number(node.left), self._number(node.right)
+        return node
+
+    def visit_AugAssign(self, node):
+        node = self.generic_visit(node)
+        node.value = self._number(node.value)
+        return node
 
     def visit_Name(self, node):
         new = self.rename.get(node.id, node.id)
@@ -234,7 +255,7 @@ class Source:
             else:
                 raise NotInlinable(f"unknown name {name!r}")
 
-    def instantiate(self, prefix, operands, static, namespace, shapes=None, ranks=None):
+    def instantiate(self, prefix, operands, static, namespace, shapes=None, ranks=None, literal=None, g_name=None):
         """Code for one use of the primitive.
 
         operands: one source expression (a variable name) per positional operand.
@@ -243,6 +264,8 @@ class Source:
         namespace: dict of names visible to the generated code; the primitive's globals are
             added to it (renamed if a different object already holds the name).
         shapes / ranks: compile-time shapes and ranks of the operand variables, for folding.
+        literal: maps a numeric literal used in arithmetic to the name of a constant (see _number).
+        g_name: the name the vjp's cotangent argument should have (default: renamed apart).
         Returns (forward_lines, out_expr, vjp_lines, vjp_result, g_name), vjp_result being a list
         of per-operand expressions (None for no gradient) or a single tuple-valued expression.
         """
@@ -274,7 +297,7 @@ class Source:
                 rename[name] = expr
         if self.vararg is not None:
             prelude.append(f"{rename[self.vararg]} = ({', '.join(operands[n_fixed:])},)")
-        folder = _Folder(rename, known, dict(shapes or {}), dict(ranks or {}), functions)
+        folder = _Folder(rename, known, dict(shapes or {}), dict(ranks or {}), functions, literal)
         folder.single = {rename.get(n, n): True for n in self.assigned_once}
         body = _fold_block(copy.deepcopy(self.body), folder)
         if not body or not isinstance(body[-1], ast.Return):
@@ -287,18 +310,23 @@ class Source:
         if isinstance(vjp, ast.Lambda):
             if len(vjp.args.args) != 1:
                 raise NotInlinable("vjp takes one argument")
-            g_name, vjp_stmts, result = vjp.args.args[0].arg, [], vjp.body
+            g, vjp_stmts, result = vjp.args.args[0].arg, [], vjp.body
         elif isinstance(vjp, ast.Name):
             defs = [s for s in fwd if isinstance(s, ast.FunctionDef) and s.name == vjp.id]
             if len(defs) != 1 or len(defs[0].args.args) != 1 or not isinstance(defs[0].body[-1], ast.Return):
                 raise NotInlinable("vjp is not a nested def ending in return")
             fwd = [s for s in fwd if s is not defs[0]]
-            g_name, vjp_stmts, result = defs[0].args.args[0].arg, defs[0].body[:-1], defs[0].body[-1].value
+            g, vjp_stmts, result = defs[0].args.args[0].arg, defs[0].body[:-1], defs[0].body[-1].value
         else:
             raise NotInlinable("vjp is neither a lambda nor a nested def")
         for node in ast.walk(ast.Module(body=fwd + vjp_stmts, type_ignores=[])):
             if isinstance(node, (ast.FunctionDef, ast.Return)):
                 raise NotInlinable("nested function or early return")
+        if g_name is not None and g_name != g:             # name the cotangent as the caller asks
+            swap = _Folder({g: g_name}, {}, {}, {}, {})
+            vjp_stmts = [swap.visit(st) for st in vjp_stmts]
+            result = swap.visit(result)
+            g = g_name
         if isinstance(result, ast.Tuple):
             result = [None if isinstance(e, ast.Constant) and e.value is None else ast.unparse(e)
                       for e in result.elts]
@@ -306,7 +334,7 @@ class Source:
             result = ast.unparse(result)
         fwd_lines = prelude + [ast.unparse(s) for s in fwd]
         vjp_lines = [ast.unparse(s) for s in vjp_stmts]
-        return fwd_lines, ast.unparse(out_expr), vjp_lines, result, g_name
+        return fwd_lines, ast.unparse(out_expr), vjp_lines, result, g
 
     def static_names(self, prefix):
         return {name: f"{prefix}{name}" for name in self.kwonly}

@@ -29,11 +29,12 @@ values (``.data``, ``.item()``, ``bool()``) inside a body is an error.
 from __future__ import annotations
 
 import ast
+import re
 from collections import OrderedDict
 
 import numpy as np
 
-from .engine import _freed, active_trace, is_grad_enabled, unbroadcast
+from .engine import IndexedGrad, _freed, active_trace, is_grad_enabled, unbroadcast
 from .inline import NotInlinable, source_of
 from .ops import ELEMENTWISE, INDEX, MATMUL, _is_basic
 from .tensor import Tensor, _state
@@ -105,7 +106,7 @@ def _trace(fn, init, xs, xs_struct, carry_struct, carry_rg):
         tr.add("carry", t)
     for t in x_in:
         tr.add("x", t)
-    prev = getattr(_state, "trace", None)
+    prev = _state.trace
     _state.trace = tr
     try:
         out = fn(_unflatten(carry_in, carry_struct), _unflatten(x_in, xs_struct))
@@ -129,25 +130,38 @@ def _trace(fn, init, xs, xs_struct, carry_struct, carry_rg):
 
 def _const_key(value):
     if isinstance(value, np.ndarray):
-        return ("array", value.shape, value.dtype.str)
-    return (type(value).__name__,)
+        return ("array", value.shape, value.dtype)
+    return type(value)
 
 
-def _static_key(kwargs):
-    return tuple((k, _const_key(v) if isinstance(v, np.ndarray) or _has_array(v) else repr(v))
-                 for k, v in sorted(kwargs.items()))
+_ATOMS = {bool, int, float, str, type(None), type(Ellipsis)}
 
 
-def _has_array(v):
-    return isinstance(v, tuple) and any(isinstance(e, np.ndarray) or _has_array(e) for e in v)
+def _freeze(v):
+    """A hashable stand-in for a static keyword argument, equal exactly when the code it folds
+    into would be the same (arrays count by shape and dtype: their values are bound per call)."""
+    t = type(v)
+    if t in _ATOMS or isinstance(v, np.dtype):
+        return v
+    if t is tuple:
+        return tuple([_freeze(e) for e in v])
+    if t is slice:
+        return (slice, v.start, v.stop, v.step)
+    if t is np.ndarray:
+        return ("array", v.shape, v.dtype)
+    if isinstance(v, np.generic):
+        return v.item()
+    return ("object", t, repr(v))
 
 
 def _structure(tr, carry_out, ys_out, grad_mode):
-    head = tuple((kind, t.shape, t.dtype.str, t.requires_grad) for kind, t in tr.vars if kind != "op")
-    body = tuple((prim, tuple(r if isinstance(r, int) else _const_key(r.value) for r in refs),
-                  _static_key(kwargs), out, tr.vars[out][1].shape, tr.vars[out][1].dtype.str,
-                  tr.vars[out][1].requires_grad)
-                 for prim, refs, kwargs, out in tr.ops)
+    """The cache key: everything the generated code depends on, and no value it binds per call."""
+    vars_ = tr.vars
+    head = tuple([(kind, t._data.shape, t._data.dtype, t.requires_grad) for kind, t in vars_ if kind != "op"])
+    body = tuple([(prim, tuple([r if type(r) is int else _const_key(r.value) for r in refs]),
+                   tuple([(k, _freeze(v)) for k, v in kwargs.items()]), out,
+                   vars_[out][1]._data.shape, vars_[out][1]._data.dtype, vars_[out][1].requires_grad)
+                  for prim, refs, kwargs, out in tr.ops])
     return head, body, tuple(carry_out), tuple(ys_out), grad_mode
 
 
@@ -160,20 +174,27 @@ def _batched_index(index):
 
 
 class _Program:
-    """The compiled forward of one traced structure, and its backward per pattern of output grads."""
+    """The compiled forward of one traced structure, and its backward per pattern of output grads.
+
+    Names in the generated code: ``I{v}`` a loop-invariant value, ``H{v}`` a value stacked over
+    time (xs and hoisted ops) and ``h{v}`` its slice at step t, ``v{v}`` (or the inlined op's own
+    local) a per-step value; gradients ``G{v}`` per step, ``GH{v}`` stacked, ``GI{v}`` invariant.
+    """
 
     def __init__(self, tr, carry_out, ys_out):
         self.vars = [(kind, t.shape, t.dtype, t.requires_grad) for kind, t in tr.vars]
-        self.ops = [(prim, refs, kwargs, out) for prim, refs, kwargs, out in tr.ops]
+        self.ops = list(tr.ops)
         self.carry_in = [v for v, (kind, *_) in enumerate(self.vars) if kind == "carry"]
         self.x_in = [v for v, (kind, *_) in enumerate(self.vars) if kind == "x"]
         self.outside = [v for v, (kind, *_) in enumerate(self.vars) if kind == "outside"]
         self.carry_out, self.ys_out = carry_out, ys_out
         self.ns = {"np": np, "_ub": unbroadcast, "_cast": _cast}
-        self.binders = []              # (name, fn(trace) -> value), bound at every call
+        self.binders = {}              # name -> fn(trace) -> value, bound afresh at every call
+        self.name = {}                 # per-step source name of a step var, when not v{v}
         self._classify()
         self._trial(tr)
         self._instantiate()
+        self.saved, self.stacked, self.kept = [], [], []
         self.backwards = {}
         full = self._backward_source(tuple(True for _ in ys_out), consume=True)
         self._forward_source(full)
@@ -181,15 +202,13 @@ class _Program:
     # ------------------------------------------------------------------ analysis
     def _classify(self):
         """Each var is invariant (inv), stacked over time before the loop (hoist), or per step."""
-        cls = {}
-        for v, (kind, *_) in enumerate(self.vars):
-            cls[v] = {"carry": "step", "x": "hoist", "outside": "inv"}.get(kind)
+        cls = {v: {"carry": "step", "x": "hoist", "outside": "inv"}.get(kind)
+               for v, (kind, *_) in enumerate(self.vars)}
         live = set(self.carry_out) | set(self.ys_out)
         for _prim, refs, _kwargs, out in reversed(self.ops):
             if out in live:
                 live.update(r for r in refs if isinstance(r, int))
-        self.live_ops = []
-        self.mode = {}
+        self.live_ops, self.mode = [], {}
         for k, (prim, refs, kwargs, out) in enumerate(self.ops):
             ins = {cls[r] for r in refs if isinstance(r, int)}
             if "step" in ins:
@@ -198,16 +217,16 @@ class _Program:
                 m = "hoist" if self._batchable(prim, refs, kwargs, out, cls) else "step"
             else:
                 m = "inv"
-            cls[out] = m
-            self.mode[k] = m
+            cls[out] = self.mode[k] = m
             if out in live:
                 self.live_ops.append(k)
         self.cls = cls
 
     def _batchable(self, prim, refs, kwargs, out, cls):
+        """Can the op run once on all steps stacked (a leading time axis on its stacked operands)?"""
         ndim = lambda v: len(self.vars[v][1])
         stacked = [r for r in refs if isinstance(r, int) and cls[r] == "hoist"]
-        if prim.builtin is False:
+        if not prim.builtin:
             return False
         if prim.batch == ELEMENTWISE:
             return all(ndim(r) == ndim(out) for r in stacked)
@@ -224,31 +243,49 @@ class _Program:
         return [isinstance(r, int) and self.vars[r][3] for r in refs]
 
     def _trial(self, tr):
-        """Run each recorded vjp once on ones, to learn every gradient's shape, dtype, None-ness."""
+        """Run each recorded vjp once on ones, to learn every gradient's shape, dtype and None-ness,
+        and whether it is a fresh array (safe to accumulate into in place)."""
         self.trial = {}
-        for k, (*_, out) in enumerate(tr.ops):
+        for k, (_prim, refs, _kwargs, out) in enumerate(tr.ops):
             t = tr.vars[out][1]
             if t._vjp is None or t._vjp is _freed:
                 continue
+            g = np.ones(t.shape, t.dtype)
             try:
-                res = t._vjp(np.ones(t.shape, t.dtype))
+                res = t._vjp(g)
             except Exception:
                 continue
-            self.trial[k] = [None if g is None else (np.shape(g), np.asarray(g).dtype) for g in res]
+            seen = [g, t._data] + [tr.vars[r][1]._data for r in refs if isinstance(r, int)]
+            info = []
+            for r in res:
+                if r is None or isinstance(r, IndexedGrad):
+                    info.append(r if r is None else "indexed")
+                    continue
+                r = np.asarray(r)
+                fresh = (r.flags.owndata and r.flags.writeable and r.ndim > 0
+                         and not any(np.shares_memory(r, a) for a in seen))
+                info.append((r.shape, r.dtype, fresh))
+            self.trial[k] = info
 
-    # ------------------------------------------------------------------ code pieces
+    # ------------------------------------------------------------------ instantiation
     def _ref(self, r, ctx):
-        """The source name of var ``r`` in a context: per step, stacked (hoist/defer), or invariant."""
         c = self.cls[r]
         if c == "inv":
             return f"I{r}"
         if c == "hoist":
             return f"h{r}" if ctx == "step" else f"H{r}"
-        return f"v{r}" if ctx == "step" else f"D{r}"
+        return self.name.get(r, f"v{r}") if ctx == "step" else f"D{r}"
 
     def _bind(self, name, getter):
-        self.binders.append((name, getter))
+        self.binders[name] = getter
         return name
+
+    def _literal(self, dtype):
+        def name_of(value):
+            name = f"C_{dtype.name}_{value!r}".replace(".", "p").replace("-", "m").replace("+", "")
+            self.ns[name] = np.asarray(value, dtype)
+            return name
+        return name_of if dtype.kind == "f" else None
 
     def _operand(self, k, i, r, ctx):
         if isinstance(r, int):
@@ -262,8 +299,13 @@ class _Program:
             return value
         return self._bind(f"K{k}_{i}", get)
 
+    def _g_name(self, k, ctx):
+        out = self.ops[k][3]
+        return {"step": f"G{out}", "hoist": f"GH{out}", "inv": f"GI{out}", "defer": f"DGS{k}"}[ctx]
+
     def _inline(self, k, ctx, needs):
-        """Instantiate op k's source for a context; fall back to a call when it cannot be inlined."""
+        """Instantiate op k's source for a context; fall back to a call when it cannot be inlined.
+        Returns (forward lines, output expression, vjp lines, vjp result, inlined?)."""
         prim, refs, kwargs, out = self.ops[k]
         prefix = f"_{k}{ctx[0]}_"
         operands = [self._operand(k, i, r, ctx) for i, r in enumerate(refs)]
@@ -283,299 +325,413 @@ class _Program:
                 else:
                     ranks[expr] = len(shape)
                     shapes[expr] = shape
+        g_name = self._g_name(k, ctx)
         try:
             if not prim.builtin:
                 raise NotInlinable("user primitives are called, not inlined")
             src = source_of(prim.fn)
-            code = src.instantiate(prefix, operands, static, self.ns, shapes, ranks)
+            fwd, out_expr, vjp_lines, result, _ = src.instantiate(
+                prefix, operands, static, self.ns, shapes, ranks, self._literal(self.vars[out][2]), g_name)
             for name, renamed in src.static_names(prefix).items():
-                self._bind(renamed, lambda tr, k=k, name=name, batched=batched:
+                self._bind(renamed, lambda tr, k=k, name=name, batched=batched, d=src.kwdefaults:
                            _batched_index(tr.ops[k][2][name]) if batched and name == "index"
-                           else tr.ops[k][2].get(name, source_of(tr.ops[k][0].fn).kwdefaults.get(name)))
-            return code
+                           else tr.ops[k][2].get(name, d.get(name)))
+            return fwd, out_expr, vjp_lines, result, True
         except NotInlinable:
-            self.fallback.add((k, ctx))
-            fn_name = f"P{k}"
-            self.ns[fn_name] = prim.fn
+            self.ns[f"P{k}"] = prim.fn
             kw = self._bind(f"KW{k}", lambda tr, k=k: dict(tr.ops[k][2]))
-            line = f"{prefix}o, {prefix}vjp = {fn_name}({', '.join(operands)}{', ' if operands else ''}**{kw})"
-            return [line], f"np.asarray({prefix}o)", [], f"{prefix}vjp({prefix}g)", f"{prefix}g"
+            args = ", ".join(operands + [f"**{kw}"])
+            return [f"{prefix}o, {prefix}vjp = P{k}({args})"], f"np.asarray({prefix}o)", [], \
+                f"{prefix}vjp({g_name})", False
 
     def _instantiate(self):
-        """Per-step ops, with the weight gradients that can be deferred split off."""
-        self.code = {}
-        self.deferred = {}             # op -> (operand index, deferred code)
-        self.fallback = set()          # (op, context) pairs called rather than inlined
+        """Inline every live op for its context; split off the weight gradients that can be
+        deferred to one product after the loop (a per-step matmul with a loop-invariant matrix)."""
+        self.code, self.deferred = {}, {}
         for k in self.live_ops:
             prim, refs, kwargs, out = self.ops[k]
             needs = self._needs(k)
-            if self.mode[k] == "step" and prim.batch == MATMUL and len(refs) == 2 and prim.builtin:
+            if self.mode[k] == "step" and prim.batch == MATMUL and prim.builtin and len(refs) == 2:
                 for i, r in enumerate(refs):
                     other = refs[1 - i]
                     if (needs[i] and isinstance(r, int) and self.cls[r] == "inv" and len(self.vars[r][1]) == 2
                             and isinstance(other, int) and len(self.vars[other][1]) >= 2):
-                        only = [j == i for j in range(2)]
-                        dcode = self._inline(k, "defer", only)
-                        if not dcode[0] and not dcode[2] and (k, "defer") not in self.fallback:
+                        dcode = self._inline(k, "defer", [j == i for j in range(2)])
+                        if dcode[4] and not dcode[0] and not dcode[2]:
                             self.deferred[k] = (i, dcode)
                             needs = [n and j != i for j, n in enumerate(needs)]
                         break
-            self.code[k] = self._inline(k, self.mode[k], needs)
-            if k in self.deferred and (k, self.mode[k]) in self.fallback:
-                raise AssertionError(f"scan: op {k} deferred but not inlined")   # the masks would double count
+            self.code[k] = code = self._inline(k, self.mode[k], needs)
+            if k in self.deferred and not code[4]:
+                del self.deferred[k]       # the per-step call would count the deferred gradient twice
+                self.code[k] = self._inline(k, self.mode[k], self._needs(k))
+            out_expr = code[1]
+            if self.mode[k] == "step" and out_expr.isidentifier() and out_expr.startswith(f"_{k}s_"):
+                self.name[out] = out_expr      # the op's own local is the value: no alias to save twice
 
     # ------------------------------------------------------------------ backward
     def _backward_source(self, ys_present, consume):
-        """Source of the reverse loop for one pattern of given ys gradients."""
-        L = []              # statements before the loop
-        B = []              # loop body
-        P = []              # after the loop
-        assigned = set()    # per-step G names assigned so far in this iteration
-        stacked_g = set()   # hoist vars with a stacked gradient GH
-        inv_g = set()       # invariant vars with an accumulator GI
-        defer_lists = []
-
-        def fix(expr, k, i, r, ctx):
-            shape, dtype = self.vars[r][1], self.vars[r][2]
-            if ctx != "step" or self.cls[r] == "inv":
-                return expr                      # reduced by the accumulation below
-            info = self.trial.get(k)
-            if info is None or info[i] is None:
-                return f"_cast(_ub({expr}, {shape!r}), np.{dtype.name})"
-            if info[i][0] != shape:
-                expr = f"_ub({expr}, {shape!r})"
-            if info[i][1] != dtype:
-                expr = f"_cast({expr}, np.{dtype.name})"
-            return expr
-
-        def contribute(r, expr, ctx, lines):
-            c = self.cls[r]
-            shape, dtype = self.vars[r][1], self.vars[r][2]
-            if c == "inv":
-                if r not in inv_g:
-                    inv_g.add(r)
-                    L.append(f"GI{r} = np.zeros({shape!r}, np.{dtype.name})")
-                lines.append(f"GI{r} += _ub({expr}, {shape!r})")
-            elif ctx == "step":
-                if r in assigned:
-                    lines.append(f"G{r} = G{r} + {expr}")
-                else:
-                    assigned.add(r)
-                    lines.append(f"G{r} = {expr}")
-            else:                                # stacked, after the loop
-                full = f"(T,) + {shape!r}"
-                if r in stacked_g:
-                    lines.append(f"GH{r} = GH{r} + _ub({expr}, {full})")
-                else:
-                    stacked_g.add(r)
-                    lines.append(f"GH{r} = _cast(_ub({expr}, {full}), np.{dtype.name})")
-
-        def emit_vjp(k, code, ctx, gname, lines, needs_override=None):
-            prim, refs, kwargs, out = self.ops[k]
-            fwd, out_expr, vjp_lines, result, g = code
-            lines.append(f"{g} = {gname}")
-            lines.extend(vjp_lines)
-            needs = needs_override or self._needs(k)
-            if isinstance(result, str):
-                lines.append(f"_{k}{ctx[0]}_r = {result}")
-                result = [f"_{k}{ctx[0]}_r[{i}]" for i in range(len(refs))]
-            for i, (r, expr) in enumerate(zip(refs, result)):
-                if expr is None or not isinstance(r, int) or not needs[i] or not self.vars[r][3]:
-                    continue
-                if ctx == "step" and k in self.trial and self.trial[k][i] is None:
-                    continue
-                contribute(r, fix(expr, k, i, r, ctx), ctx, lines)
-
+        """Source of the reverse pass for one pattern of given ys gradients."""
+        em = _Emitter(self)
         for j, v in enumerate(self.carry_out):
             if self.vars[v][3]:
-                contribute(v, f"gc{j}", "step", B)
+                em.add(v, f"gc{j}", "step", fresh=False)
         for n, v in enumerate(self.ys_out):
             if ys_present[n] and self.vars[v][3]:
-                contribute(v, f"GY{n}[t]", "step", B)
-        step_ops = [k for k in self.live_ops if self.mode[k] == "step"]
-        restore_at = len(B)
-        restored = []
-        for k in reversed(step_ops):
+                em.add(v, f"GY{n}[t]", "step", fresh=False)
+        restore_at = len(em.B)
+        for k in reversed([k for k in self.live_ops if self.mode[k] == "step"]):
             out = self.ops[k][3]
-            if out not in assigned:
-                continue
-            emit_vjp(k, self.code[k], "step", f"G{out}", B)
-            if k in self.deferred:
-                B.append(f"DG{k}a(G{out})")
-                defer_lists.append(k)
-        per_step_stacks = [v for v in self.x_in + [v for v in self.cls if self.cls[v] == "hoist"]
-                           if v in assigned]
-        per_step_stacks = list(dict.fromkeys(per_step_stacks))
-        for v in per_step_stacks:
-            L.append(f"GL{v} = []")
-            L.append(f"GL{v}a = GL{v}.append")
-            B.append(f"GL{v}a(G{v})")
+            if em.has(out):
+                em.consume(out)
+                em.vjp(k, self.code[k], "step")
+                if k in self.deferred:
+                    em.B.append(f"DG{k}a(G{out})")
+                    em.defer_lists.append(k)
+        for v in self.cls:
+            if self.cls[v] == "hoist" and em.has(v):
+                em.consume(v)
+                em.L += [f"GL{v} = []", f"GL{v}a = GL{v}.append"]
+                em.B.append(f"GL{v}a(G{v})")
+                em.P.append(f"GH{v} = np.stack(GL{v}[::-1])")
+                em.stacked_g.add(v)
+                em.owned_stacked.add(v)
         for j, v in enumerate(self.carry_in):
-            if v in assigned:
-                B.append(f"gc{j} = G{v}")
+            if em.has(v):
+                em.consume(v)
+                em.B.append(f"gc{j} = G{v}")
             else:
-                B.append(f"gc{j} = Z{j}")
+                em.B.append(f"gc{j} = Z{j}")
+        em.finish_allocations()
         # names the loop body reads that the forward loop defined: restored per step
-        body_src = "\n".join(B)
-        loads = {n.id for n in ast.walk(ast.parse(body_src)) if isinstance(n, ast.Name)
-                 and isinstance(n.ctx, ast.Load)} if B else set()
-        stores = {n.id for n in ast.walk(ast.parse(body_src)) if isinstance(n, ast.Name)
-                  and isinstance(n.ctx, ast.Store)} if B else set()
+        loads, stores = _names("\n".join(em.B))
+        restored = []
         for name in sorted(loads - stores):
-            if name.startswith("h") and name[1:].isdigit():
+            if name[0] == "h" and name[1:].isdigit():
                 restored.append(f"{name} = H{name[1:]}[t]")
-            elif name in self.step_names_all():
+            elif name in self._step_names():
                 restored.append(f"{name} = S_{name}.pop()" if consume else f"{name} = S_{name}[t]")
-        B[restore_at:restore_at] = restored
-        self._saved_needed = getattr(self, "_saved_needed", set()) | {
-            r.split(" = ")[0] for r in restored if not r.startswith("h")}
-        for k in defer_lists:
-            L.append(f"DG{k} = []")
-            L.append(f"DG{k}a = DG{k}.append")
-        for v in per_step_stacks:
-            P.append(f"GH{v} = np.stack(GL{v}[::-1])")
-            stacked_g.add(v)
-        for k in defer_lists:
-            i, (fwd, out_expr, vjp_lines, result, g) = self.deferred[k]
-            refs = self.ops[k][1]
-            other = refs[1 - i]
+                if name not in self.saved:
+                    self.saved.append(name)
+        em.B[restore_at:restore_at] = restored
+        for k in em.defer_lists:
+            em.L += [f"DG{k} = []", f"DG{k}a = DG{k}.append"]
+            i, code = self.deferred[k]
+            other = self.ops[k][1][1 - i]
             if self.cls[other] == "step":
-                P.append(f"D{other} = np.stack(Q{other})")
-                self._stack_needed = getattr(self, "_stack_needed", set()) | {other}
-            emit_vjp(k, self.deferred[k][1], "defer", f"np.stack(DG{k}[::-1])", P,
-                     needs_override=[j == i for j in range(2)])
+                em.P.append(f"D{other} = np.stack(Q{other})")
+                if other not in self.stacked:
+                    self.stacked.append(other)
+            em.P.append(f"DGS{k} = np.stack(DG{k}[::-1])")
+            em.vjp(k, code, "defer", needs=[j == i for j in range(2)])
         for k in reversed(self.live_ops):
             out = self.ops[k][3]
-            if self.mode[k] == "hoist" and out in stacked_g:
-                emit_vjp(k, self.code[k], "hoist", f"GH{out}", P)
+            if self.mode[k] == "hoist" and out in em.stacked_g:
+                em.vjp(k, self.code[k], "hoist")
         for k in reversed(self.live_ops):
             out = self.ops[k][3]
-            if self.mode[k] == "inv" and out in inv_g:
-                emit_vjp(k, self.code[k], "inv", f"GI{out}", P)
-        head = ["def backward(K, KEPT, SAVED, T, GC, GY):"]
-        body = [f"({', '.join(n for n, _ in self.binders)},) = K" if self.binders else "pass"]
-        body.append("KEPT_UNPACK")
-        body.append("SAVED_UNPACK")
+            if self.mode[k] == "inv" and out in em.inv_g:
+                em.vjp(k, self.code[k], "inv")
+        body = ["K_UNPACK", "KEPT_UNPACK", "SAVED_UNPACK"]
         body += [f"gc{j} = GC[{j}]" for j in range(len(self.carry_in))]
         body += [f"Z{j} = np.zeros({self.vars[v][1]!r}, np.{self.vars[v][2].name})"
                  for j, v in enumerate(self.carry_in)]
         body += [f"GY{n} = GY[{n}]" for n in range(len(self.ys_out)) if ys_present[n]]
-        body += L
+        body += em.L
         body.append("for t in range(T - 1, -1, -1):")
-        body += ["    " + line for line in (B or ["pass"])]
-        body += P
-        ret_x = ", ".join(f"GH{v}" if v in stacked_g else "None" for v in self.x_in)
-        ret_o = ", ".join(f"GI{v}" if v in inv_g else "None" for v in self.outside)
-        ret_c = ", ".join(f"gc{j}" for j in range(len(self.carry_in)))
-        body.append(f"return ({ret_c}{',' if ret_c else ''}), ({ret_x}{',' if ret_x else ''}), "
-                    f"({ret_o}{',' if ret_o else ''})")
-        return head, body
+        body += ["    " + line for line in (em.B or ["pass"])]
+        body += em.P
+        body.append(f"return {_tuple(f'gc{j}' for j in range(len(self.carry_in)))}, "
+                    f"{_tuple(f'GH{v}' if v in em.stacked_g else 'None' for v in self.x_in)}, "
+                    f"{_tuple(f'GI{v}' if v in em.inv_g else 'None' for v in self.outside)}")
+        return body
 
-    def step_names_all(self):
-        """Names the forward loop body assigns (op locals and step vars), per step."""
-        if not hasattr(self, "_step_names"):
-            names = {f"v{v}" for v in self.carry_in}
-            for k in self.live_ops:
-                if self.mode[k] != "step":
-                    continue
-                fwd, out_expr, *_ = self.code[k]
-                names.add(f"v{self.ops[k][3]}")
-                for line in fwd:
-                    for n in ast.walk(ast.parse(line)):
-                        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
-                            names.add(n.id)
-            self._step_names = names
-        return self._step_names
+    def _step_names(self):
+        """Names the forward loop body assigns (op locals and step vars)."""
+        names = {f"v{v}" for v in self.carry_in}
+        for k in self.live_ops:
+            if self.mode[k] == "step":
+                names.add(self._ref(self.ops[k][3], "step"))
+                for line in self.code[k][0]:
+                    names |= _names(line)[1]
+        return names
 
-    def _finish_backward(self, head, body):
-        kept = [n for n in self.kept]
-        saved = sorted(self._saved_needed)
-        saved_names = [f"S_{n}" for n in saved] + [f"Q{v}" for v in self.stacked]
-        unpack = {"KEPT_UNPACK": f"({', '.join(kept)},) = KEPT" if kept else "pass",
-                  "SAVED_UNPACK": f"({', '.join(saved_names)},) = SAVED" if saved_names else "pass"}
-        body = [unpack.get(line, line) for line in body]
-        return self._compile(head + ["    " + line for line in body], "backward")
+    def _finish(self, body, name, signature):
+        unpack = {"K_UNPACK": f"{_tuple(self.binders)} = K" if self.binders else "pass",
+                  "KEPT_UNPACK": f"{_tuple(self.kept)} = KEPT" if self.kept else "pass",
+                  "SAVED_UNPACK": f"{_tuple(self._saved_names())} = SAVED" if self._saved_names() else "pass"}
+        lines = [f"def {name}({signature}):"] + ["    " + unpack.get(line, line) for line in body]
+        src = "\n".join(lines)
+        ns = dict(self.ns)
+        exec(compile(src, f"<scan {name}>", "exec"), ns)
+        fn = ns[name]
+        fn.source = src
+        return fn
+
+    def _saved_names(self):
+        return [f"S_{n}" for n in self.saved] + [f"Q{v}" for v in self.stacked]
 
     # ------------------------------------------------------------------ forward
     def _forward_source(self, full_backward):
-        head, bbody = full_backward
-        L, B = [], []
+        pre, loop = [], []
         for k in self.live_ops:
-            fwd, out_expr, *_ = self.code[k]
-            target = {"inv": "I", "hoist": "H", "step": "v"}[self.mode[k]] + str(self.ops[k][3])
-            (B if self.mode[k] == "step" else L).extend(fwd + [f"{target} = {out_expr}"])
-        # what backward reads from before the loop: kept; what it restores per step: saved
-        pre_defined = set()
-        for line in L:
-            for n in ast.walk(ast.parse(line)):
-                if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store):
-                    pre_defined.add(n.id)
-        pre_defined |= {f"H{v}" for v in self.x_in} | {f"I{v}" for v in self.outside}
-        bsrc = "\n".join(bbody).replace("KEPT_UNPACK", "pass").replace("SAVED_UNPACK", "pass")
-        bloads = {n.id for n in ast.walk(ast.parse("def f():\n" + "\n".join("    " + s for s in bsrc.split("\n"))))
-                  if isinstance(n, ast.Name)}
-        self.kept = sorted(n for n in pre_defined if n in bloads)
-        self.stacked = sorted(getattr(self, "_stack_needed", set()))
-        saved = sorted(self._saved_needed)
-        for name in saved:
-            L.append(f"S_{name} = []")
-            L.append(f"S_{name}a = S_{name}.append")
+            fwd, out_expr = self.code[k][0], self.code[k][1]
+            mode, out = self.mode[k], self.ops[k][3]
+            target = {"inv": f"I{out}", "hoist": f"H{out}", "step": self._ref(out, "step")}[mode]
+            lines = fwd + ([] if target == out_expr else [f"{target} = {out_expr}"])
+            (loop if mode == "step" else pre).extend(lines)
+        # what the backward reads from before the loop is kept; what it restores per step, saved
+        defined = set().union(*(_names(line)[1] for line in pre)) if pre else set()
+        defined |= {f"H{v}" for v in self.x_in} | {f"I{v}" for v in self.outside}
+        self.kept = sorted(defined & _names("\n".join(full_backward).replace("_UNPACK", "_X"))[0])
+        for name in self.saved:
+            pre += [f"S_{name} = []", f"S_{name}a = S_{name}.append"]
         for v in self.stacked:
-            L.append(f"Q{v} = []")
-            L.append(f"Q{v}a = Q{v}.append")
+            pre += [f"Q{v} = []", f"Q{v}a = Q{v}.append"]
         for n in range(len(self.ys_out)):
-            L.append(f"Y{n} = []")
-            L.append(f"Y{n}a = Y{n}.append")
-        uses = set()
-        for line in B:
-            uses |= {n.id for n in ast.walk(ast.parse(line)) if isinstance(n, ast.Name)}
+            pre += [f"Y{n} = []", f"Y{n}a = Y{n}.append"]
         carry_next = [self._ref(v, "step") for v in self.carry_out]
         ys_refs = [self._ref(v, "step") for v in self.ys_out]
-        uses |= set(carry_next) | set(ys_refs)
-        slices = [f"{name} = H{name[1:]}[t]" for name in sorted(uses) if name[0] == "h" and name[1:].isdigit()]
-        loop = slices + B
+        uses = _names("\n".join(loop + carry_next + ys_refs))[0] if loop or carry_next or ys_refs else set()
+        loop = [f"{n} = H{n[1:]}[t]" for n in sorted(uses) if n[0] == "h" and n[1:].isdigit()] + loop
         loop += [f"Q{v}a(v{v})" for v in self.stacked]
-        loop += [f"S_{name}a({name})" for name in saved]
+        loop += [f"S_{name}a({name})" for name in self.saved]
         loop += [f"Y{n}a({ref})" for n, ref in enumerate(ys_refs)]
         if self.carry_in:
             loop.append(f"{', '.join(f'v{v}' for v in self.carry_in)} = {', '.join(carry_next)}")
-        body = [f"({', '.join(n for n, _ in self.binders)},) = K" if self.binders else "pass"]
+        body = ["K_UNPACK"]
         body += [f"I{v} = OUT[{j}]" for j, v in enumerate(self.outside)]
         body += [f"H{v} = XS[{j}]" for j, v in enumerate(self.x_in)]
         body += [f"v{v} = INIT[{j}]" for j, v in enumerate(self.carry_in)]
-        body += L
+        body += pre
         body.append("for t in range(T):")
         body += ["    " + line for line in (loop or ["pass"])]
-        ys = ", ".join(f"np.stack(Y{n})" for n in range(len(self.ys_out)))
-        carry = ", ".join(f"v{v}" for v in self.carry_in)
-        kept = ", ".join(self.kept)
-        saved_t = ", ".join([f"S_{n}" for n in saved] + [f"Q{v}" for v in self.stacked])
-        body.append(f"return ({carry}{',' if carry else ''}), ({ys}{',' if ys else ''}), "
-                    f"({kept}{',' if kept else ''}), ({saved_t}{',' if saved_t else ''})")
-        self.forward = self._compile(["def forward(K, OUT, XS, INIT, T):"] + ["    " + s for s in body], "forward")
-        self.backwards[(tuple(True for _ in self.ys_out), True)] = self._finish_backward(head, bbody)
+        body.append(f"return {_tuple(f'v{v}' for v in self.carry_in)}, "
+                    f"{_tuple(f'np.stack(Y{n})' for n in range(len(self.ys_out)))}, "
+                    f"{_tuple(self.kept)}, {_tuple(self._saved_names())}")
+        used = _names("\n".join(body + full_backward).replace("_UNPACK", "_X"))[0]
+        self.binders = {n: g for n, g in self.binders.items() if n in used}     # folded ones are not
+        self.forward = self._finish(body, "forward", "K, OUT, XS, INIT, T")
+        self.backwards[(tuple(True for _ in self.ys_out), True)] = self._finish(full_backward, "backward",
+                                                                             "K, KEPT, SAVED, T, GC, GY")
 
     def backward(self, ys_present, consume):
         key = (ys_present, consume)
         fn = self.backwards.get(key)
         if fn is None:
-            saved_before = set(self._saved_needed)
-            head, body = self._backward_source(ys_present, consume)
-            self._saved_needed = saved_before     # a subset of the full pattern's, by construction
-            fn = self.backwards[key] = self._finish_backward(head, body)
-        return fn
-
-    def _compile(self, lines, name):
-        src = "\n".join(lines)
-        code = compile(src, f"<scan {name}>", "exec")
-        ns = dict(self.ns)
-        exec(code, ns)
-        fn = ns[name]
-        fn.source = src
+            saved, stacked = list(self.saved), list(self.stacked)
+            body = self._backward_source(ys_present, consume)
+            # a pattern with fewer output gradients reads a subset of what the forward saved
+            assert set(self.saved) <= set(saved) and set(self.stacked) <= set(stacked)
+            self.saved, self.stacked = saved, stacked
+            fn = self.backwards[key] = self._finish(body, "backward", "K, KEPT, SAVED, T, GC, GY")
         return fn
 
     def bind(self, tr):
-        return tuple(get(tr) for _, get in self.binders)
+        return tuple(get(tr) for get in self.binders.values())
+
+
+class _Emitter:
+    """Writes the reverse pass: L before the loop, B the loop body (one step, t descending), P
+    after it. Tracks, per step, which gradients exist and which the loop owns (fresh arrays it
+    may add into in place) and, for gradients built from slices, whether the slices cover the
+    whole buffer (then it need not be zeroed)."""
+
+    def __init__(self, prog):
+        self.p = prog
+        self.L, self.B, self.P = [], [], []
+        self.assigned, self.owned = set(), set()
+        self.stacked_g, self.owned_stacked, self.inv_g = set(), set(), set()
+        self.defer_lists = []
+        self.pending = {}          # var -> slices of its gradient not yet written (see consume)
+        self.buffers = {}          # var -> allocation of a slice-built gradient, maybe reusable
+
+    def add(self, r, expr, ctx, fresh):
+        """Add the gradient ``expr`` into var r's gradient."""
+        p = self.p
+        shape, dtype = p.vars[r][1], p.vars[r][2]
+        c = p.cls[r]
+        if c == "inv":
+            self._inv(r)
+            self.B.append(f"GI{r} += _ub({expr}, {shape!r})") if ctx == "step" else \
+                self.P.append(f"GI{r} += _ub({expr}, {shape!r})")
+        elif ctx == "step":
+            if r not in self.assigned:
+                self.assigned.add(r)
+                self.B.append(f"G{r} = {expr}")
+                if fresh:
+                    self.owned.add(r)
+            elif r in self.owned:
+                self.B.append(f"G{r} += {expr}")
+            else:
+                self.B.append(f"G{r} = G{r} + {expr}")
+                self.owned.add(r)
+        else:
+            full = f"(T,) + {shape!r}"
+            if r not in self.stacked_g:
+                self.stacked_g.add(r)
+                self.P.append(f"GH{r} = _cast(_ub({expr}, {full}), np.{dtype.name})")
+            elif r in self.owned_stacked:
+                self.P.append(f"GH{r} += _ub({expr}, {full})")
+            else:
+                self.P.append(f"GH{r} = GH{r} + _ub({expr}, {full})")
+                self.owned_stacked.add(r)
+
+    def add_indexed(self, r, index_src, index_value, g_src, ctx):
+        """Add a gradient that is ``g`` at ``index`` and zero elsewhere, in place."""
+        p = self.p
+        shape, dtype = p.vars[r][1], p.vars[r][2]
+        c = p.cls[r]
+        if c == "inv":
+            self._inv(r)
+            (self.B if ctx == "step" else self.P).append(f"GI{r}[{index_src}] += {g_src}")
+        elif ctx == "step":
+            # Held back until the gradient is read, so full-size contributions land first and
+            # the slices are added into their result instead of into a zeroed buffer.
+            self.pending.setdefault(r, []).append((index_src, index_value, g_src))
+        else:
+            if r not in self.stacked_g:
+                self.stacked_g.add(r)
+                self.owned_stacked.add(r)
+                self.P.append(f"GH{r} = np.zeros((T,) + {shape!r}, np.{dtype.name})")
+            elif r not in self.owned_stacked:
+                self.P.append(f"GH{r} = np.array(GH{r})")
+                self.owned_stacked.add(r)
+            self.P.append(f"GH{r}[{index_src}] += {g_src}")
+
+    def _inv(self, r):
+        if r not in self.inv_g:
+            self.inv_g.add(r)
+            shape, dtype = self.p.vars[r][1], self.p.vars[r][2]
+            self.L.append(f"GI{r} = np.zeros({shape!r}, np.{dtype.name})")
+
+    def has(self, r):
+        """Does var r have a gradient in this step (so far)?"""
+        return r in self.assigned or r in self.pending
+
+    def consume(self, r):
+        """Var r's gradient is complete and about to be read: write its held-back slices."""
+        writes = self.pending.pop(r, None)
+        if not writes:
+            return
+        shape, dtype = self.p.vars[r][1], self.p.vars[r][2]
+        if r in self.assigned:
+            if r not in self.owned:
+                self.B.append(f"G{r} = np.array(G{r})")
+                self.owned.add(r)
+            self.B += [f"G{r}[{src}] += {g}" for src, _, g in writes]
+            return
+        self.assigned.add(r)
+        self.owned.add(r)
+        covered = np.zeros(shape, bool)
+        lines, overlap = [], False
+        for src, value, g in writes:
+            first = not covered[value].any()
+            overlap = overlap or not first
+            covered[value] = True
+            lines.append(f"G{r}[{src}] {'=' if first else '+='} {g}")
+        if covered.all() and not overlap:
+            self.B.append(f"G{r} = np.empty({shape!r}, np.{dtype.name})")
+        elif not overlap:           # the same zeros may serve every step if nothing keeps G{r}
+            self.B.append(f"G{r} = @BUF{r}@")
+            self.buffers[r] = f"np.zeros({shape!r}, np.{dtype.name})"
+        else:
+            self.B.append(f"G{r} = np.zeros({shape!r}, np.{dtype.name})")
+        self.B += lines
+
+    def finish_allocations(self):
+        """A slice-built gradient only read by arithmetic in its step reuses one zeroed buffer:
+        its unwritten part stays zero and its written part is overwritten every step."""
+        escaping = set()
+        for line in self.B:
+            tree = ast.parse(re.sub(r"@BUF(\d+)@", r"BUF_\1", line))
+            for node in ast.walk(tree):
+                for child in ast.iter_child_nodes(node):
+                    child._parent = node
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id[:1] == "G":
+                    parent = getattr(node, "_parent", None)
+                    if not (isinstance(parent, (ast.BinOp, ast.UnaryOp))
+                            or (isinstance(parent, ast.Subscript) and isinstance(parent.ctx, ast.Store))):
+                        escaping.add(node.id)
+        for i, line in enumerate(self.B):
+            if "@BUF" in line:
+                r = int(line.split("@BUF")[1].split("@")[0])
+                if f"G{r}" in escaping:
+                    self.B[i] = line.replace(f"@BUF{r}@", self.buffers[r])
+                else:
+                    self.L.append(f"ZB{r} = {self.buffers[r]}")
+                    self.B[i] = line.replace(f"@BUF{r}@", f"ZB{r}")
+
+    def vjp(self, k, code, ctx, needs=None):
+        """The vjp of op k (its output gradient is complete), adding into its operands' gradients."""
+        p = self.p
+        prim, refs, kwargs, out = p.ops[k]
+        fwd, out_expr, vjp_lines, result, inlined = code
+        lines = self.B if ctx == "step" else self.P
+        lines.extend(vjp_lines)
+        needs = needs or p._needs(k)
+        trial = p.trial.get(k)
+        if isinstance(result, str):
+            lines.append(f"_{k}{ctx[0]}_r = {result}")
+            result = [f"_{k}{ctx[0]}_r[{i}]" for i in range(len(refs))]
+        for i, (r, expr) in enumerate(zip(refs, result)):
+            if expr is None or not isinstance(r, int) or not needs[i] or not p.vars[r][3]:
+                continue
+            info = trial[i] if trial is not None else ("unknown",)
+            if ctx == "step" and info is None:
+                continue
+            index = _indexed(expr, p.ns)
+            if index is not None:
+                value = kwargs["index"] if ctx == "step" else _batched_index(kwargs["index"])
+                self.add_indexed(r, index[0], value, index[1], ctx)
+                continue
+            if info == "indexed" or info == ("unknown",):       # not inlined: check at run time
+                lines.append(f"_gi = {expr}")
+                lines.append(f"if _gi.__class__ is _IndexedGrad: _gi = _densify(_gi, {p.vars[r][1]!r}, "
+                             f"np.{p.vars[r][2].name})")
+                p.ns["_IndexedGrad"], p.ns["_densify"] = IndexedGrad, _densify
+                expr, info = "_gi", None
+            fresh = False
+            if ctx == "step" and p.cls[r] != "inv":
+                shape, dtype = p.vars[r][1], p.vars[r][2]
+                if info is None or info[0] != shape:
+                    expr = f"_ub({expr}, {shape!r})"
+                if info is None or info[1] != dtype:
+                    expr = f"_cast({expr}, np.{dtype.name})"
+                fresh = info is not None and info[2]
+            self.add(r, expr, ctx, fresh)
+
+
+def _indexed(expr, ns):
+    """(index source, gradient source) if ``expr`` is ``IndexedGrad(index, g)``, else None."""
+    if "IndexedGrad" not in expr:
+        return None
+    node = ast.parse(expr, mode="eval").body
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and ns.get(node.func.id) is IndexedGrad
+            and len(node.args) == 2 and not node.keywords):
+        return ast.unparse(node.args[0]), ast.unparse(node.args[1])
+    return None
+
+
+def _densify(gi, shape, dtype):
+    out = np.zeros(shape, dtype)
+    out[gi.index] += gi.grad
+    return out
+
+
+def _names(src):
+    """(names loaded, names stored) in a piece of source."""
+    loads, stores = set(), set()
+    for n in ast.walk(ast.parse(src)):
+        if isinstance(n, ast.Name):
+            (loads if isinstance(n.ctx, ast.Load) else stores).add(n.id)
+    return loads, stores
+
+
+def _tuple(names):
+    names = list(names)
+    return f"({', '.join(names)}{',' if names else ''})"
 
 
 _cache = OrderedDict()
@@ -623,8 +779,11 @@ def scan(fn, init, xs=None, length=None):
         raise ValueError("scan: needs at least one step")
 
     grad_mode = is_grad_enabled()
-    carry_rg = [t.requires_grad and grad_mode for t in init_flat]
-    while True:                       # a carry needs grad if init does or the body makes it so
+    # A carry needs grad if init does or the body makes it so (it reads a parameter): assume it
+    # does, which is right for every recurrent layer and saves a second trace; a carry that
+    # turns out not to only costs a gradient nobody reads.
+    carry_rg = [grad_mode and t.dtype.kind == "f" for t in init_flat]
+    while True:
         tr, carry_out, ys_out, ys_struct, out_rg = _trace(fn, init_flat, xs_flat, xs_struct, carry_struct, carry_rg)
         new_rg = [a or b for a, b in zip(carry_rg, out_rg)]
         if new_rg == carry_rg:
@@ -663,7 +822,7 @@ def _record(prog, K, kept, saved, T, inputs, outs, n_carry):
         gc = [box[j] if box[j] is not None else np.zeros_like(outs[j]._data) for j in range(n_carry)]
         gy = [box[n_carry + n] for n in range(len(outs) - n_carry)]
         box[:] = [None] * len(box)
-        consume = not getattr(_state, "retain_graph", False)
+        consume = not _state.retain_graph
         bwd = prog.backward(tuple(g is not None for g in gy), consume)
         g_init, g_xs, g_out = bwd(K, kept, saved, T, gc, gy)
         return (*g_init, *g_xs, *g_out)

@@ -5,11 +5,20 @@ import threading
 
 import numpy as np
 
-_state = threading.local()   # grad mode, anomaly mode and any active scan trace, per thread
+
+class _State(threading.local):
+    """Per-thread modes: grad recording, anomaly detection, the scan trace being recorded."""
+    grad = True
+    anomaly = False
+    trace = None
+    retain_graph = False
+
+
+_state = _State()
 
 
 def _check_not_traced(t, what):
-    trace = getattr(_state, "trace", None)
+    trace = _state.trace
     if trace is not None and trace.is_traced(t):
         raise RuntimeError(
             f"scan: the body used {what} of a traced tensor. A scan body is traced once and replayed for "
@@ -43,8 +52,7 @@ class Tensor:
     dtype : numpy dtype, optional
     """
 
-    __slots__ = ("_data", "grad", "requires_grad", "_parents", "_vjp", "_op", "_epoch",
-                 "_version", "name", "__weakref__")
+    __slots__ = ("_data", "grad", "requires_grad", "_parents", "_vjp", "_op", "_epoch", "__weakref__")
     __array_ufunc__ = None          # ndarray <op> Tensor defers to Tensor's reflected operators
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
@@ -60,13 +68,11 @@ class Tensor:
         self._vjp = None
         self._op = None
         self._epoch = 0
-        self._version = 0
-        self.name = None
 
     # -- data and in-place safety
     @property
     def data(self) -> np.ndarray:
-        if getattr(_state, "trace", None) is not None:
+        if _state.trace is not None:
             _check_not_traced(self, ".data")
         return self._data
 
@@ -80,7 +86,6 @@ class Tensor:
     def _bump(self):
         from .engine import _epoch, _note_inplace
         _epoch[0] += 1
-        self._version = _epoch[0]
         _note_inplace(self._data, _epoch[0])
 
     def requires_grad_(self, flag: bool = True) -> "Tensor":
@@ -130,7 +135,7 @@ class Tensor:
 
     def detach(self) -> "Tensor":
         """A tensor sharing this one's data, outside any graph."""
-        if getattr(_state, "trace", None) is not None:
+        if _state.trace is not None:
             return ops.stop_gradient(self)      # inside a scan body: a traced op
         return Tensor(self._data)
 
@@ -158,11 +163,11 @@ class Tensor:
         return f"Tensor({body}{extra})"
 
     # -- arithmetic (numpy broadcasting; right-hand versions for numbers and ndarrays)
-    def __add__(self, o): return ops.add(self, _lift(o))
+    def __add__(self, o): return ops.add(self, o if type(o) is Tensor else _lift(o))
     def __radd__(self, o): return ops.add(_lift(o), self)
-    def __sub__(self, o): return ops.subtract(self, _lift(o))
+    def __sub__(self, o): return ops.subtract(self, o if type(o) is Tensor else _lift(o))
     def __rsub__(self, o): return ops.subtract(_lift(o), self)
-    def __mul__(self, o): return ops.multiply(self, _lift(o))
+    def __mul__(self, o): return ops.multiply(self, o if type(o) is Tensor else _lift(o))
     def __rmul__(self, o): return ops.multiply(_lift(o), self)
     def __truediv__(self, o): return ops.divide(self, _lift(o))
     def __rtruediv__(self, o): return ops.divide(_lift(o), self)
