@@ -7,8 +7,8 @@
 # ruff: noqa: F401, I001  (this file is the public namespace; nn comes after what it builds on)
 from .tensor import Tensor
 from . import ops
-from .engine import (detect_anomaly, enable_grad, graph_size, is_grad_enabled, no_grad, primitive,
-                     set_grad_enabled, unbroadcast)
+from .engine import (Contribution, detect_anomaly, enable_grad, graph_size, is_grad_enabled, no_grad, primitive,
+                     record_contributions, set_grad_enabled, timestep, unbroadcast)
 from .functional import (arange, chunk, clip, concatenate, expand_dims, full, log_softmax, logsumexp,
                          maximum, mean, minimum, ones, ones_like, rand, randn, softmax, split, squeeze,
                          stack, tensor, var, where, zeros, zeros_like)

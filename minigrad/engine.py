@@ -14,6 +14,7 @@ import functools
 import gc
 import inspect
 import weakref
+from collections import namedtuple
 
 import numpy as np
 
@@ -62,6 +63,69 @@ class detect_anomaly(contextlib.ContextDecorator):
 
     def __exit__(self, *exc):
         _state.anomaly = self.prev
+
+
+class timestep(contextlib.ContextDecorator):
+    """Tag the ops recorded inside with timestep ``t``: ``record_contributions`` reports it.
+    The recurrent layers' unrolled loops use it; a hand-written loop can too."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __enter__(self):
+        self.prev = _state.step
+        _state.step = self.t
+
+    def __exit__(self, *exc):
+        _state.step = self.prev
+
+
+class Contribution(namedtuple("Contribution", "tensor op step grad")):
+    """One use's share of a tensor's gradient: the op that used it, the timestep of that use
+    (None outside a recurrent step) and the gradient it sent back."""
+
+    def __repr__(self):
+        return (f"Contribution(op={self.op!r}, step={self.step}, shape={self.grad.shape}, "
+                f"norm={float(np.linalg.norm(self.grad)):.6g})")
+
+
+class record_contributions(contextlib.ContextDecorator):
+    """Collect, during the backward passes inside, every use's gradient contribution to the
+    given tensors, in the order backward produces them::
+
+        with mg.record_contributions(lstm.U, lstm.W) as rec:
+            loss.backward()
+        rec.of(lstm.W)          # [Contribution(op='matmul', step=2, ...), ... step=1 ..., step=0 ...]
+
+    They sum to what backward added to each tensor's ``.grad``. Works for unrolled graphs
+    (ops tagged by ``mg.timestep``) and for ``scan`` nodes, whose loop is then replayed step
+    by step to attribute each step's share.
+    """
+
+    def __init__(self, *tensors):
+        if not tensors or not all(isinstance(t, Tensor) for t in tensors):
+            raise TypeError("record_contributions: pass the Tensors (e.g. parameters) to watch")
+        self.watch = {id(t): t for t in tensors}
+        self.contributions = []
+
+    def add(self, tensor, op, step, grad):
+        self.contributions.append(Contribution(tensor, op, step, np.array(grad, dtype=tensor.dtype)))
+
+    def of(self, tensor):
+        """The contributions to ``tensor``, in backward order."""
+        return [c for c in self.contributions if c.tensor is tensor]
+
+    def total(self, tensor):
+        """Their sum (what backward added to ``tensor.grad``)."""
+        return np.sum([c.grad for c in self.of(tensor)], axis=0)
+
+    def __enter__(self):
+        self.prev = _state.recorder
+        _state.recorder = self
+        return self
+
+    def __exit__(self, *exc):
+        _state.recorder = self.prev
 
 
 def _check_finite(arr, what):
@@ -153,6 +217,8 @@ def apply(prim: Primitive, args, kwargs):
         t._vjp = vjp
         t._op = prim.name
         t._epoch = _epoch[0]
+        if _state.step is not None:
+            t._step = _state.step
     else:
         t.requires_grad = False
         t._parents = ()
@@ -241,6 +307,7 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                     stack.append(p)
 
     anomaly = _state.anomaly
+    recorder = _state.recorder
     _state.retain_graph = retain_graph    # read by multi-output nodes (scan) that free their own state
     epoch = _epoch[0]
     grads = {id(root): grad}
@@ -276,12 +343,17 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                     raise RuntimeError(f"{t._op}: vjp returned {len(in_grads)} gradients for {len(parents)} inputs")
             else:
                 in_grads = (None,) * len(parents)
+            reports = getattr(vjp, "reports_contributions", False)   # e.g. scan: per step, itself
             if not retain_graph:
                 t._vjp = _freed
             for p, gi in zip(parents, in_grads):
                 if p is None:
                     continue
                 k = id(p)
+                if recorder is not None and k in recorder.watch and gi is not None and not reports:
+                    recorder.add(p, t._op, getattr(t, "_step", None),
+                                 unbroadcast(np.asarray(gi), p._data.shape) if type(gi) is not IndexedGrad
+                                 else _dense(gi, p._data))
                 if type(gi) is IndexedGrad:
                     buf = grads.get(k)
                     if buf is None or id(buf) not in owned:
@@ -326,6 +398,12 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
 def active_trace():
     """The trace being recorded by ``scan`` on this thread, or None."""
     return _state.trace
+
+
+def _dense(gi, like):
+    out = np.zeros(like.shape, like.dtype)
+    out[gi.index] += gi.grad
+    return out
 
 
 def _accumulate_leaf(t, g, owned):

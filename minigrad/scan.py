@@ -181,14 +181,15 @@ class _Program:
     local) a per-step value; gradients ``G{v}`` per step, ``GH{v}`` stacked, ``GI{v}`` invariant.
     """
 
-    def __init__(self, tr, carry_out, ys_out):
+    def __init__(self, tr, carry_out, ys_out, recording=False):
+        self.recording = recording     # step by step, reporting each step's contributions
         self.vars = [(kind, t.shape, t.dtype, t.requires_grad) for kind, t in tr.vars]
         self.ops = list(tr.ops)
         self.carry_in = [v for v, (kind, *_) in enumerate(self.vars) if kind == "carry"]
         self.x_in = [v for v, (kind, *_) in enumerate(self.vars) if kind == "x"]
         self.outside = [v for v, (kind, *_) in enumerate(self.vars) if kind == "outside"]
         self.carry_out, self.ys_out = carry_out, ys_out
-        self.ns = {"np": np, "_ub": unbroadcast, "_cast": _cast}
+        self.ns = {"np": np, "_ub": unbroadcast, "_cast": _cast, "_report": _report}
         self.binders = {}              # name -> fn(trace) -> value, bound afresh at every call
         self.name = {}                 # per-step source name of a step var, when not v{v}
         self._classify()
@@ -211,7 +212,7 @@ class _Program:
         self.live_ops, self.mode = [], {}
         for k, (prim, refs, kwargs, out) in enumerate(self.ops):
             ins = {cls[r] for r in refs if isinstance(r, int)}
-            if "step" in ins:
+            if "step" in ins or self.recording:
                 m = "step"
             elif "hoist" in ins:
                 m = "hoist" if self._batchable(prim, refs, kwargs, out, cls) else "step"
@@ -351,7 +352,8 @@ class _Program:
         for k in self.live_ops:
             prim, refs, kwargs, out = self.ops[k]
             needs = self._needs(k)
-            if self.mode[k] == "step" and prim.batch == MATMUL and prim.builtin and len(refs) == 2:
+            if (self.mode[k] == "step" and prim.batch == MATMUL and prim.builtin and len(refs) == 2
+                    and not self.recording):
                 for i, r in enumerate(refs):
                     other = refs[1 - i]
                     if (needs[i] and isinstance(r, int) and self.cls[r] == "inv" and len(self.vars[r][1]) == 2
@@ -546,12 +548,15 @@ class _Emitter:
         self.pending = {}          # var -> slices of its gradient not yet written (see consume)
         self.buffers = {}          # var -> allocation of a slice-built gradient, maybe reusable
 
-    def add(self, r, expr, ctx, fresh):
+    def add(self, r, expr, ctx, fresh, op=None):
         """Add the gradient ``expr`` into var r's gradient."""
         p = self.p
         shape, dtype = p.vars[r][1], p.vars[r][2]
         c = p.cls[r]
-        if c == "inv":
+        if c == "inv" and ctx == "step" and p.recording and p.vars[r][0] == "outside":
+            self._inv(r)
+            self.B += [f"_c = _ub({expr}, {shape!r})", f"GI{r} += _c", f"_report({r}, t, _c, {op!r})"]
+        elif c == "inv":
             self._inv(r)
             self.B.append(f"GI{r} += _ub({expr}, {shape!r})") if ctx == "step" else \
                 self.P.append(f"GI{r} += _ub({expr}, {shape!r})")
@@ -577,12 +582,15 @@ class _Emitter:
                 self.P.append(f"GH{r} = GH{r} + _ub({expr}, {full})")
                 self.owned_stacked.add(r)
 
-    def add_indexed(self, r, index_src, index_value, g_src, ctx):
+    def add_indexed(self, r, index_src, index_value, g_src, ctx, op=None):
         """Add a gradient that is ``g`` at ``index`` and zero elsewhere, in place."""
         p = self.p
         shape, dtype = p.vars[r][1], p.vars[r][2]
         c = p.cls[r]
-        if c == "inv":
+        if c == "inv" and ctx == "step" and p.recording and p.vars[r][0] == "outside":
+            self._inv(r)
+            self.B += [f"GI{r}[{index_src}] += {g_src}", f"_report({r}, t, {g_src}, {op!r}, {index_src}, GI{r})"]
+        elif c == "inv":
             self._inv(r)
             (self.B if ctx == "step" else self.P).append(f"GI{r}[{index_src}] += {g_src}")
         elif ctx == "step":
@@ -684,7 +692,7 @@ class _Emitter:
             index = _indexed(expr, p.ns)
             if index is not None:
                 value = kwargs["index"] if ctx == "step" else _batched_index(kwargs["index"])
-                self.add_indexed(r, index[0], value, index[1], ctx)
+                self.add_indexed(r, index[0], value, index[1], ctx, prim.name)
                 continue
             if info == "indexed" or info == ("unknown",):       # not inlined: check at run time
                 lines.append(f"_gi = {expr}")
@@ -700,7 +708,7 @@ class _Emitter:
                 if info is None or info[1] != dtype:
                     expr = f"_cast({expr}, np.{dtype.name})"
                 fresh = info is not None and info[2]
-            self.add(r, expr, ctx, fresh)
+            self.add(r, expr, ctx, fresh, prim.name)
 
 
 def _indexed(expr, ns):
@@ -791,29 +799,36 @@ def scan(fn, init, xs=None, length=None):
         carry_rg = new_rg
 
     key = _structure(tr, carry_out, ys_out, grad_mode)
-    prog = _cache.get(key)
-    if prog is None:
-        prog = _Program(tr, carry_out, ys_out)
-        _cache[key] = prog
-        if len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    else:
-        _cache.move_to_end(key)
+    prog = _program(key, tr, carry_out, ys_out)
     K = prog.bind(tr)
     outside = [tr.vars[v][1] for v in prog.outside]
-    carry, ys, kept, saved = prog.forward(K, [t._data for t in outside], [x._data for x in xs_flat],
-                                          [c._data for c in init_flat], T)
+    arrays = ([t._data for t in outside], [x._data for x in xs_flat], [c._data for c in init_flat])
+    carry, ys, kept, saved = prog.forward(K, *arrays, T)
     inputs = init_flat + xs_flat + outside
     need = grad_mode and any(t.requires_grad for t in inputs)
     outs = [Tensor(np.asarray(a)) for a in (*carry, *ys)]
     if need:
-        _record(prog, K, kept, saved, T, inputs, outs, len(carry))
+        _record(prog, K, kept, saved, T, inputs, outs, len(carry), (key, tr, carry_out, ys_out, arrays))
     new_carry = _unflatten(outs[:len(carry)], carry_struct)
     ys_t = _unflatten(outs[len(carry):], ys_struct)
     return new_carry, ys_t
 
 
-def _record(prog, K, kept, saved, T, inputs, outs, n_carry):
+def _program(key, tr, carry_out, ys_out, recording=False):
+    """The compiled program for a trace's structure, from the cache or newly built."""
+    key = (key, recording)
+    prog = _cache.get(key)
+    if prog is None:
+        prog = _Program(tr, carry_out, ys_out, recording)
+        _cache[key] = prog
+        if len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    else:
+        _cache.move_to_end(key)
+    return prog
+
+
+def _record(prog, K, kept, saved, T, inputs, outs, n_carry, replay):
     """One graph node for the whole loop: a hub holding the inputs and the backward, and each
     output a thin node that hands its gradient to the hub."""
     box = [None] * len(outs)
@@ -822,11 +837,16 @@ def _record(prog, K, kept, saved, T, inputs, outs, n_carry):
         gc = [box[j] if box[j] is not None else np.zeros_like(outs[j]._data) for j in range(n_carry)]
         gy = [box[n_carry + n] for n in range(len(outs) - n_carry)]
         box[:] = [None] * len(box)
-        consume = not _state.retain_graph
-        bwd = prog.backward(tuple(g is not None for g in gy), consume)
-        g_init, g_xs, g_out = bwd(K, kept, saved, T, gc, gy)
-        return (*g_init, *g_xs, *g_out)
+        pattern = tuple(g is not None for g in gy)
+        recorder = _state.recorder
+        if recorder is not None and any(id(t) in recorder.watch for t in inputs):
+            grads = _replay_recording(recorder, replay, inputs, T, gc, gy, pattern)
+        else:
+            g_init, g_xs, g_out = prog.backward(pattern, not _state.retain_graph)(K, kept, saved, T, gc, gy)
+            grads = (*g_init, *g_xs, *g_out)
+        return grads
 
+    hub_vjp.reports_contributions = True
     hub = Tensor(np.empty(0))
     hub.requires_grad = True
     hub._parents = tuple(t if t.requires_grad else None for t in inputs)
@@ -844,3 +864,36 @@ def _record(prog, K, kept, saved, T, inputs, outs, n_carry):
         t._vjp = take
         t._op = "scan.output"
         t._epoch = hub._epoch
+
+
+def _replay_recording(recorder, replay, inputs, T, gc, gy, pattern):
+    """Backward through a scan while contributions are being recorded: rerun the loop compiled
+    step by step (no hoisting, no deferred products), reporting each step's share of every
+    outside tensor's gradient. The gradients returned are the same."""
+    key, tr, carry_out, ys_out, arrays = replay
+    prog = _program(key, tr, carry_out, ys_out, recording=True)
+    K = prog.bind(tr)
+    _, _, kept, saved = prog.forward(K, *arrays, T)
+    found = []
+    _state.scan_contributions = found
+    try:
+        g_init, g_xs, g_out = prog.backward(pattern, True)(K, kept, saved, T, gc, gy)
+    finally:
+        _state.scan_contributions = None
+    tensor_of = {v: t for v, t in zip(prog.outside, inputs[len(inputs) - len(prog.outside):])}
+    for v, t, grad, op in found:
+        if id(tensor_of[v]) in recorder.watch:
+            recorder.add(tensor_of[v], op, t, grad)
+    n_init = len(g_init)
+    for i, g in enumerate((*g_init, *g_xs)):
+        x = inputs[i]
+        if g is not None and id(x) in recorder.watch:
+            recorder.add(x, "scan", None if i < n_init else "all", g)
+    return (*g_init, *g_xs, *g_out)
+
+
+def _report(v, t, grad, op, index=None, like=None):
+    """Called by recording programs for every per-step contribution to an outside tensor."""
+    if index is not None:
+        grad = _densify(IndexedGrad(index, grad), like.shape, like.dtype)
+    _state.scan_contributions.append((v, t, np.array(grad), op))

@@ -12,6 +12,9 @@ class _State(threading.local):
     anomaly = False
     trace = None
     retain_graph = False
+    step = None          # the timestep ops are being recorded for (mg.timestep), if any
+    recorder = None      # the active mg.record_contributions, if any
+    scan_contributions = None   # what a recording scan reports, while it runs
 
 
 _state = _State()
@@ -52,7 +55,7 @@ class Tensor:
     dtype : numpy dtype, optional
     """
 
-    __slots__ = ("_data", "grad", "requires_grad", "_parents", "_vjp", "_op", "_epoch", "__weakref__")
+    __slots__ = ("_data", "grad", "requires_grad", "_parents", "_vjp", "_op", "_epoch", "_step", "__weakref__")
     __array_ufunc__ = None          # ndarray <op> Tensor defers to Tensor's reflected operators
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):

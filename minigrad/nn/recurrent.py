@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from ..engine import timestep
 from ..scan import scan
 from ..tensor import Tensor
 from . import init
@@ -234,7 +235,8 @@ class _Layer(_Recurrent):
         if self.unroll:
             ys = []
             for t in range(T):
-                state, y = body(state, xs[t] if mask is None else (xs[0][t], xs[1][t]))
+                with timestep(t):           # tags this step's ops for mg.record_contributions
+                    state, y = body(state, xs[t] if mask is None else (xs[0][t], xs[1][t]))
                 ys.append(y)
             ys = F.stack(ys, 0) if want_ys else None
         else:
