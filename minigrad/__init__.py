@@ -10,11 +10,11 @@ from . import ops
 from .engine import (Contribution, detect_anomaly, enable_grad, graph_size, is_grad_enabled, no_grad, primitive,
                      record_contributions, set_grad_enabled, timestep, unbroadcast)
 from .functional import (arange, chunk, clip, concatenate, expand_dims, full, log_softmax, logsumexp,
-                         maximum, mean, minimum, ones, ones_like, rand, randn, softmax, split, squeeze,
-                         stack, tensor, var, where, zeros, zeros_like)
+                         maximum, mean, minimum, ones, ones_like, rand, randn, reshape, softmax, split, squeeze,
+                         stack, tensor, transpose, var, where, zeros, zeros_like)
+from .functional import max, min, sum  # noqa: A004
 from .ops import absolute as abs  # noqa: A001
-from .ops import exp, log, matmul, relu, reshape, sigmoid, sqrt, tanh, transpose
-from .ops import max, min, sum  # noqa: A004
+from .ops import exp, log, matmul, relu, sigmoid, sqrt, tanh
 from .gradcheck import GradcheckError, gradcheck
 from .scan import scan
 from .io import CheckpointError, load, save

@@ -7,7 +7,8 @@ from . import ops
 from .random import get_rng
 from .tensor import Tensor
 
-__all__ = ["mean", "var", "softmax", "log_softmax", "logsumexp", "expand_dims", "squeeze", "split",
+__all__ = ["sum", "max", "min", "reshape", "transpose",
+           "mean", "var", "softmax", "log_softmax", "logsumexp", "expand_dims", "squeeze", "split",
            "chunk", "stack", "concatenate", "where", "maximum", "minimum", "clip", "zeros", "ones",
            "zeros_like", "ones_like", "full", "randn", "rand", "arange", "tensor"]
 
@@ -23,6 +24,28 @@ def _normalize_axis(axis, ndim):
 
 def _count(x, axis):
     return int(np.prod([x.shape[a] for a in _normalize_axis(axis, x.ndim)], dtype=np.int64))
+
+
+def sum(x, axis=None, keepdims=False):  # noqa: A001
+    """Sum over ``axis`` (None, an int, or a tuple), as numpy.sum."""
+    return _t(x).sum(axis, keepdims)
+
+
+def max(x, axis=None, keepdims=False):  # noqa: A001
+    """Largest element along ``axis``; ties share the gradient evenly."""
+    return _t(x).max(axis, keepdims)
+
+
+def min(x, axis=None, keepdims=False):  # noqa: A001
+    return _t(x).min(axis, keepdims)
+
+
+def reshape(x, shape):
+    return _t(x).reshape(shape)
+
+
+def transpose(x, axes=None):
+    return _t(x).transpose(*(axes or ()))
 
 
 def mean(x, axis=None, keepdims=False):

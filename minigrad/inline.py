@@ -50,12 +50,14 @@ def _literal(value):
     return None
 
 
-def _value(node, known):
+def _value(node, known, dtypes=None):
     """The compile-time value of ``node``, or _MISSING."""
     if isinstance(node, ast.Constant):
         return node.value
     if isinstance(node, ast.Name):
         return known.get(node.id, _MISSING)
+    if isinstance(node, ast.Attribute) and node.attr == "dtype" and isinstance(node.value, ast.Name):
+        return (dtypes or {}).get(node.value.id, _MISSING)
     if isinstance(node, ast.Tuple):
         vals = [_value(e, known) for e in node.elts]
         return _MISSING if any(v is _MISSING for v in vals) else tuple(vals)
@@ -65,9 +67,9 @@ def _value(node, known):
 class _Folder(ast.NodeTransformer):
     """Rename names and fold what is known: conditions, ranks, shapes, pure helper calls."""
 
-    def __init__(self, rename, known, shapes, ranks, functions, literal=None):
+    def __init__(self, rename, known, shapes, ranks, functions, literal=None, dtypes=None):
         self.rename, self.known, self.shapes, self.ranks, self.functions = rename, known, shapes, ranks, functions
-        self.literal = literal
+        self.literal, self.dtypes = literal, dtypes or {}
 
     def _number(self, node):
         """A numeric literal operand of arithmetic becomes a named 0-d array of the op's dtype:
@@ -149,11 +151,25 @@ class _Folder(ast.NodeTransformer):
         return node
 
     def visit_Call(self, node):
+        fn = self.functions.get(self.rename.get(node.func.id, node.func.id)) if isinstance(node.func, ast.Name) \
+            else None
+        if getattr(fn, "_compile_time", False):           # fold before .dtype arguments are visited
+            renamed = self.rename.get(node.func.id, node.func.id)
+            args = [self.visit(a) if not (isinstance(a, ast.Attribute) and a.attr == "dtype") else
+                    ast.Attribute(value=self.visit(a.value), attr="dtype", ctx=ast.Load()) for a in node.args]
+            vals = [_value(a, self.known, self.dtypes) for a in args]
+            if all(v is not _MISSING for v in vals) and not node.keywords:
+                lit = _literal(fn(*vals))
+                if lit is not None:
+                    return ast.copy_location(lit, node)
+            node.args = args
+            node.func = ast.copy_location(ast.Name(id=renamed, ctx=ast.Load()), node.func)
+            return node
         node = self.generic_visit(node)
         fn = self.functions.get(node.func.id) if isinstance(node.func, ast.Name) else None
         if getattr(fn, "_compile_time", False):
-            args = [_value(a, self.known) for a in node.args]
-            kwargs = {k.arg: _value(k.value, self.known) for k in node.keywords}
+            args = [_value(a, self.known, self.dtypes) for a in node.args]
+            kwargs = {k.arg: _value(k.value, self.known, self.dtypes) for k in node.keywords}
             if all(a is not _MISSING for a in args) and all(v is not _MISSING for v in kwargs.values()):
                 lit = _literal(fn(*args, **kwargs))
                 if lit is not None:
@@ -255,7 +271,8 @@ class Source:
             else:
                 raise NotInlinable(f"unknown name {name!r}")
 
-    def instantiate(self, prefix, operands, static, namespace, shapes=None, ranks=None, literal=None, g_name=None):
+    def instantiate(self, prefix, operands, static, namespace, shapes=None, ranks=None, literal=None, g_name=None,
+                    dtypes=None):
         """Code for one use of the primitive.
 
         operands: one source expression (a variable name) per positional operand.
@@ -297,7 +314,7 @@ class Source:
                 rename[name] = expr
         if self.vararg is not None:
             prelude.append(f"{rename[self.vararg]} = ({', '.join(operands[n_fixed:])},)")
-        folder = _Folder(rename, known, dict(shapes or {}), dict(ranks or {}), functions, literal)
+        folder = _Folder(rename, known, dict(shapes or {}), dict(ranks or {}), functions, literal, dtypes)
         folder.single = {rename.get(n, n): True for n in self.assigned_once}
         body = _fold_block(copy.deepcopy(self.body), folder)
         if not body or not isinstance(body[-1], ast.Return):

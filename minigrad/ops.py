@@ -103,12 +103,26 @@ def tanh(x):
     return y, lambda g: (g * (1 - y * y),)
 
 
+_EXP_FLOOR = {}
+
+
+@compile_time
+def _exp_floor(dtype):
+    """The most negative x whose exp(-x) is finite in ``dtype`` (-88 in float32, -709 in float64)."""
+    floor = _EXP_FLOOR.get(dtype)
+    if floor is None:
+        floor = _EXP_FLOOR[dtype] = float(np.floor(-np.log(np.finfo(dtype).max))) + 1.0
+    return floor
+
+
 @_unary
 def sigmoid(x):
-    # A primitive, not 1 / (1 + exp(-x)): the tanh form never overflows, and the vjp needs only y.
-    y = np.tanh(x * 0.5)
-    y *= 0.5
-    y += 0.5
+    # A primitive, so its vjp needs only y. 1 / (1 + exp(-x)) keeps its relative accuracy on both
+    # sides (0.5 + 0.5 tanh(x / 2) is 0 below -37); clipping first keeps exp from overflowing
+    # where the result is below the dtype's smallest normal number anyway.
+    y = np.exp(-np.maximum(x, _exp_floor(x.dtype)))
+    y += 1
+    y = np.reciprocal(y)
     return y, lambda g: (g * (y - y * y),)
 
 
@@ -201,7 +215,8 @@ min = primitive(_extreme(np.min), name="min", _builtin=True)
 
 @primitive(_builtin=True)
 def reshape(x, *, shape):
-    return np.reshape(x, shape), lambda g: (np.reshape(g, x.shape),)
+    old = x.shape                 # only the shape: the vjp does not keep x's data alive
+    return np.reshape(x, shape), lambda g: (np.reshape(g, old),)
 
 
 @primitive(_builtin=True)

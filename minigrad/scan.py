@@ -317,10 +317,11 @@ class _Program:
         if batched:
             static["index"] = _batched_index(static["index"])
         stacked = ctx in ("hoist", "defer")
-        shapes, ranks = {}, {}
+        shapes, ranks, dtypes = {}, {}, {}
         for r, expr in zip(refs, operands):
             if isinstance(r, int):
                 shape = self.vars[r][1]
+                dtypes[expr] = self.vars[r][2]
                 if stacked and self.cls[r] != "inv":
                     ranks[expr] = len(shape) + 1
                 else:
@@ -332,7 +333,7 @@ class _Program:
                 raise NotInlinable("user primitives are called, not inlined")
             src = source_of(prim.fn)
             fwd, out_expr, vjp_lines, result, _ = src.instantiate(
-                prefix, operands, static, self.ns, shapes, ranks, self._literal(self.vars[out][2]), g_name)
+                prefix, operands, static, self.ns, shapes, ranks, self._literal(self.vars[out][2]), g_name, dtypes)
             for name, renamed in src.static_names(prefix).items():
                 self._bind(renamed, lambda tr, k=k, name=name, batched=batched, d=src.kwdefaults:
                            _batched_index(tr.ops[k][2][name]) if batched and name == "index"

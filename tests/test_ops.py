@@ -363,10 +363,22 @@ def test_sigmoid_of_huge_inputs_is_finite_and_silent():
     x = mg.Tensor([-1000.0, -20.0, 0.0, 20.0, 1000.0], requires_grad=True)
     y = _no_warnings(lambda: x.sigmoid())
     _no_warnings(lambda: y.sum().backward())
-    np.testing.assert_allclose(y.data, [0.0, 2.0611536181902037e-09, 0.5, 1 - 2.0611536181902037e-09, 1.0],
+    # below exp's overflow point the result is clipped to sigmoid(-709), itself under the smallest
+    # normal float64: as good as 0, and no overflow warning
+    assert 0 <= y.data[0] < np.finfo(np.float64).tiny
+    np.testing.assert_allclose(y.data[1:], [2.0611536181902037e-09, 0.5, 1 - 2.0611536181902037e-09, 1.0],
                                rtol=1e-6, atol=0)
     assert np.all(np.isfinite(x.grad))
-    np.testing.assert_allclose(x.grad[[0, 2, 4]], [0.0, 0.25, 0.0])
+    np.testing.assert_allclose(x.grad[[0, 2, 4]], [0.0, 0.25, 0.0], atol=1e-300)
+
+
+@pytest.mark.parametrize("dtype, xs, rtol", [(np.float64, [-10.0, -30.0, -37.0, -45.0, -700.0], 1e-12),
+                                             (np.float32, [-10.0, -17.0, -30.0, -80.0], 1e-5)])
+def test_sigmoid_keeps_relative_accuracy_in_the_negative_tail(dtype, xs, rtol):
+    # exact: sigmoid(x) = exp(x) / (1 + exp(x)), computed in float64 from the same inputs
+    x = np.array(xs, dtype)
+    exact = np.exp(x.astype(np.float64)) / (1 + np.exp(x.astype(np.float64)))
+    np.testing.assert_allclose(mg.Tensor(x).sigmoid().data, exact, rtol=rtol, atol=0)
 
 
 @pytest.mark.parametrize("shift", [1000.0, -1000.0])
