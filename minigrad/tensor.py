@@ -240,7 +240,10 @@ def _lift(x):
 
 
 def _raw(x):
-    return x._data if isinstance(x, Tensor) else x
+    if isinstance(x, Tensor):
+        _check_not_traced(x, "the values (as an index)")   # else frozen at step 0, silently
+        return x._data
+    return x
 
 
 def _axis(axis):
