@@ -389,16 +389,12 @@ class _Program:
                 em.consume(out)
                 em.vjp(k, self.code[k], "step")
                 if k in self.deferred:
-                    em.B.append(f"DG{k}a(G{out})")
-                    em.defer_lists.append(k)
+                    em.defer_lists.append((k, em.stack(out)))
         for v in self.cls:
             if self.cls[v] == "hoist" and em.has(v):
                 em.consume(v)
-                em.L += [f"GL{v} = []", f"GL{v}a = GL{v}.append"]
-                em.B.append(f"GL{v}a(G{v})")
-                em.P.append(f"GH{v} = np.stack(GL{v}[::-1])")
+                em.P.append(f"GH{v} = {em.stack(v)}")
                 em.stacked_g.add(v)
-                em.owned_stacked.add(v)
         for j, v in enumerate(self.carry_in):
             if em.has(v):
                 em.consume(v)
@@ -417,15 +413,14 @@ class _Program:
                 if name not in self.saved:
                     self.saved.append(name)
         em.B[restore_at:restore_at] = restored
-        for k in em.defer_lists:
-            em.L += [f"DG{k} = []", f"DG{k}a = DG{k}.append"]
+        for k, stacked in em.defer_lists:
             i, code = self.deferred[k]
             other = self.ops[k][1][1 - i]
             if self.cls[other] == "step":
                 em.P.append(f"D{other} = np.stack(Q{other})")
                 if other not in self.stacked:
                     self.stacked.append(other)
-            em.P.append(f"DGS{k} = np.stack(DG{k}[::-1])")
+            em.P.insert(0, f"DGS{k} = {stacked}")
             em.vjp(k, code, "defer", needs=[j == i for j in range(2)])
         for k in reversed(self.live_ops):
             out = self.ops[k][3]
@@ -547,6 +542,9 @@ class _Emitter:
         self.stacked_g, self.owned_stacked, self.inv_g = set(), set(), set()
         self.defer_lists = []
         self.pending = {}          # var -> slices of its gradient not yet written (see consume)
+        self.alias = {}            # var -> the var whose gradient array its gradient is (G6 = G9)
+        self.created = {}          # var -> line of B that computes its gradient as a fresh a <op> b
+        self.stacks = {}           # var -> name of the (T, ...) buffer its per-step gradients go to
         self.buffers = {}          # var -> allocation of a slice-built gradient, maybe reusable
 
     def add(self, r, expr, ctx, fresh, op=None):
@@ -564,6 +562,10 @@ class _Emitter:
         elif ctx == "step":
             if r not in self.assigned:
                 self.assigned.add(r)
+                if re.fullmatch(r"G\d+", expr):
+                    self.alias[r] = self.alias.get(int(expr[1:]), int(expr[1:]))
+                elif fresh:
+                    self.created[r] = len(self.B)
                 self.B.append(f"G{r} = {expr}")
                 if fresh:
                     self.owned.add(r)
@@ -572,6 +574,7 @@ class _Emitter:
             else:
                 self.B.append(f"G{r} = G{r} + {expr}")
                 self.owned.add(r)
+                self.alias.pop(r, None)
         else:
             full = f"(T,) + {shape!r}"
             if r not in self.stacked_g:
@@ -648,9 +651,35 @@ class _Emitter:
             self.B.append(f"G{r} = np.zeros({shape!r}, np.{dtype.name})")
         self.B += lines
 
+    def stack(self, r):
+        """The name of a (T, ...) buffer holding var r's gradient at every step (r's gradient is
+        complete here). Aliases share one buffer; a gradient computed fresh as ``a <op> b`` is
+        written into its slot directly (``out=``), otherwise it is copied there."""
+        root = self.alias.get(r, r)
+        if root not in self.stacks:
+            shape, dtype = self.p.vars[root][1], self.p.vars[root][2]
+            self.stacks[root] = f"SB{root}"
+            self.L.append(f"SB{root} = np.empty((T,) + {shape!r}, np.{dtype.name})")
+            self.B.append(f"@STACK{root}@")
+        return self.stacks[root]
+
+    def _place_stacks(self):
+        ufuncs = {ast.Add: "np.add", ast.Sub: "np.subtract", ast.Mult: "np.multiply", ast.Div: "np.true_divide",
+                  ast.MatMult: "np.matmul"}
+        for root, name in self.stacks.items():
+            line = self.created.get(root)
+            node = ast.parse(self.B[line].split(" = ", 1)[1], mode="eval").body if line is not None else None
+            if isinstance(node, ast.BinOp) and type(node.op) in ufuncs:
+                self.B[line] = (f"G{root} = {name}[t]; {ufuncs[type(node.op)]}({ast.unparse(node.left)}, "
+                                f"{ast.unparse(node.right)}, out=G{root})")
+                self.B = [b for b in self.B if b != f"@STACK{root}@"]
+            else:
+                self.B = [f"{name}[t] = G{root}" if b == f"@STACK{root}@" else b for b in self.B]
+
     def finish_allocations(self):
         """A slice-built gradient only read by arithmetic in its step reuses one zeroed buffer:
         its unwritten part stays zero and its written part is overwritten every step."""
+        self._place_stacks()
         escaping = set()
         for line in self.B:
             tree = ast.parse(re.sub(r"@BUF(\d+)@", r"BUF_\1", line))
@@ -661,7 +690,9 @@ class _Emitter:
                 if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id[:1] == "G":
                     parent = getattr(node, "_parent", None)
                     if not (isinstance(parent, (ast.BinOp, ast.UnaryOp))
-                            or (isinstance(parent, ast.Subscript) and isinstance(parent.ctx, ast.Store))):
+                            or (isinstance(parent, ast.Subscript) and isinstance(parent.ctx, ast.Store))
+                            or (isinstance(parent, ast.Call) and node in parent.args
+                                and ast.unparse(parent.func) in _ARITHMETIC)):
                         escaping.add(node.id)
         for i, line in enumerate(self.B):
             if "@BUF" in line:
@@ -710,6 +741,9 @@ class _Emitter:
                     expr = f"_cast({expr}, np.{dtype.name})"
                 fresh = info is not None and info[2]
             self.add(r, expr, ctx, fresh, prim.name)
+
+
+_ARITHMETIC = {"np.add", "np.subtract", "np.multiply", "np.true_divide", "np.matmul"}   # fresh results
 
 
 def _indexed(expr, ns):
