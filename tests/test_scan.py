@@ -9,18 +9,13 @@ import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given
 
 import minigrad as mg
 from minigrad import nn
 
 TIGHT = dict(rtol=1e-10, atol=1e-12)
 B, H, I = 2, 3, 2
-
-
-def few(n):
-    """At most ``n`` examples, and fewer if the active profile asks for fewer (for costly tests)."""
-    return settings(max_examples=min(n, settings.default.max_examples))
 
 
 def plain_loop(fn, init, xs=None, length=None):
@@ -504,6 +499,9 @@ def cell_problems(draw):
 
 
 @given(cell_problems())
+@example((1, 1, 1, 1, None, 0))
+@example((1, 1, 2, 3, np.zeros((1, 1, 1), bool), 0))
+@example((3, 4, 2, 2, np.array([[1, 1, 0], [1, 0, 0], [1, 0, 1], [0, 0, 0]], bool)[..., None], 1))
 def test_user_cell_scan_equals_the_plain_loop(problem):
     b, T, i, h, mask, seed = problem
     rng = np.random.default_rng(seed)
