@@ -644,6 +644,25 @@ def test_shapes_of_outputs_and_states(kind):
         layer_cls(3, 4)(mg.Tensor(np.zeros((2, 5, 2), np.float32)))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_input_data_is_converted_to_the_layers_dtype(kind):
+    """As the other layers: data (arrays, Tensors outside a graph) takes the layer's dtype; a float64
+    Tensor that requires grad is refused rather than changing precision inside a graph."""
+    layer_cls, cell_cls, n, _ = KINDS[kind]
+    layer, cell = layer_cls(3, 2), cell_cls(3, 2)                            # float32
+    x = mg.randn(4, 5, 3)                                                    # float64
+    states = tuple(mg.randn(4, 2) for _ in range(n))
+    want = layer(mg.Tensor(x.numpy().astype(np.float32)),
+                 initial_state=tuple(mg.Tensor(s.numpy().astype(np.float32)) for s in states))
+    for got in (layer(x, initial_state=states), layer(x.numpy(), initial_state=[s.numpy() for s in states])):
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+    out = cell(x[:, 0], states if n > 1 else states[0])
+    assert all(o.dtype == np.float32 for o in (out if n > 1 else (out,)))
+    with pytest.raises(TypeError, match="requires grad"):
+        layer(mg.randn(4, 5, 3, requires_grad=True))
+
+
 def test_float32_layers_agree_with_float64():
     p = Problem("lstm", 2, 5, 3, 4, seed=12)
     ref = p.run(False)

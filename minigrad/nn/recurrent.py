@@ -94,6 +94,14 @@ def _rnn_params(input_size, hidden_size, dtype, _):
             init.zeros((hidden_size,), dtype))
 
 
+def _as_layer_dtype(t, dtype):
+    """Data (arrays, lists, Tensors that do not require grad) in the layer's dtype, as the other
+    layers do; a Tensor in a graph is kept, and refused by the checks if its dtype differs."""
+    if isinstance(t, Tensor) and (t.requires_grad or t.dtype == dtype):
+        return t
+    return Tensor(np.asarray(t.data if isinstance(t, Tensor) else t, dtype))
+
+
 class _Recurrent(Module):
     """Shared by cells and layers: the Parameters ``U``, ``W``, ``b`` and Keras-style weights."""
 
@@ -138,7 +146,7 @@ class _Recurrent(Module):
             raise ValueError(f"{who}: expected {self.n_states} state tensor(s), got {len(state)}")
         out = []
         for s in state:
-            s = s if isinstance(s, Tensor) else Tensor(np.asarray(s, self.dtype))
+            s = _as_layer_dtype(s, self.dtype)
             if s.shape != (batch, self.hidden_size) or s.dtype != self.dtype:
                 raise ValueError(f"{who}: a state must have shape {(batch, self.hidden_size)} and dtype "
                                  f"{self.dtype}; got {s.shape} {s.dtype}")
@@ -146,12 +154,13 @@ class _Recurrent(Module):
         return tuple(out)
 
     def _check_input(self, x, ndim, who):
-        x = x if isinstance(x, Tensor) else Tensor(np.asarray(x, self.dtype))
+        x = _as_layer_dtype(x, self.dtype)
         if x.ndim != ndim or x.shape[-1] != self.input_size:
             want = "(batch, time, features)" if ndim == 3 else "(batch, features)"
             raise ValueError(f"{who}: input must be {want} with features = {self.input_size}; got shape {x.shape}")
         if x.dtype != self.dtype:
-            raise TypeError(f"{who}: input dtype {x.dtype} does not match the layer's dtype {self.dtype}")
+            raise TypeError(f"{who}: input dtype {x.dtype} does not match the layer's dtype {self.dtype} (a Tensor "
+                            f"that requires grad is not converted; use .astype or build the layer with its dtype)")
         return x
 
     def extra_repr(self):
