@@ -400,6 +400,29 @@ def test_parameter_gradient_is_the_sum_of_per_step_contributions(kind, unroll):
 
 
 @pytest.mark.parametrize("unroll", [True, False], ids=["unrolled", "looped"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("mask", [None, [[True, False, True], [False, True, True]]], ids=["nomask", "mask"])
+def test_record_contributions_reports_each_steps_share(kind, unroll, mask):
+    """``mg.record_contributions`` attributes each parameter's gradient to timesteps: per step, its
+    shares equal the numpy reference's per-step term, and they sum to ``.grad``."""
+    p = Problem(kind, 2, 3, 2, 3, seed=6, mask=None if mask is None else np.array(mask))
+    _, ref_steps = reference(p)
+    layer = make_layer(kind, 2, 3, p.weights, unroll, return_sequences=True, return_state=True)
+    out, *final = layer(mg.Tensor(p.x), initial_state=tuple(mg.Tensor(s) for s in p.states), mask=p.mask)
+    loss = (out * p.RY).sum() + sum((s * r).sum() for s, r in zip(final, p.RS))
+    params = (layer.U, layer.W, layer.b)
+    with mg.record_contributions(*params) as rec:
+        loss.backward()
+    for k, param in enumerate(params):
+        shares = rec.of(param)
+        assert {c.step for c in shares} == set(range(p.T))
+        for t in range(p.T):
+            step_total = np.sum([c.grad for c in shares if c.step == t], axis=0)
+            np.testing.assert_allclose(step_total, ref_steps[t][k], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(rec.total(param), param.grad, **TIGHT)
+
+
+@pytest.mark.parametrize("unroll", [True, False], ids=["unrolled", "looped"])
 def test_one_optimizer_step_updates_each_shared_parameter_once(unroll):
     p = Problem("lstm", 2, 4, 2, 3, seed=9)
     lstm = make_layer("lstm", 2, 3, p.weights, unroll, return_sequences=True)
