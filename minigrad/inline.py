@@ -19,6 +19,7 @@ import builtins
 import copy
 import inspect
 import textwrap
+import warnings
 
 __all__ = ["compile_time", "NotInlinable", "Source", "source_of"]
 
@@ -115,8 +116,10 @@ class _Folder(ast.NodeTransformer):
     def _fold(self, node):
         """Evaluate a node whose operands are all compile-time literals."""
         try:
-            value = eval(compile(ast.fix_missing_locations(ast.Expression(node)), "<fold>", "eval"),
-                         {"__builtins__": {}}, {})
+            with warnings.catch_warnings():       # e.g. `-0.5 is not None`: fine to evaluate here
+                warnings.simplefilter("ignore")
+                value = eval(compile(ast.fix_missing_locations(ast.Expression(node)), "<fold>", "eval"),
+                             {"__builtins__": {}}, {})
         except Exception:
             return node
         lit = _literal(value)

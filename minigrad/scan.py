@@ -349,7 +349,7 @@ class _Program:
     def _instantiate(self):
         """Inline every live op for its context; split off the weight gradients that can be
         deferred to one product after the loop (a per-step matmul with a loop-invariant matrix)."""
-        self.code, self.deferred = {}, {}
+        self.code, self.deferred, self.step_needs = {}, {}, {}
         for k in self.live_ops:
             prim, refs, kwargs, out = self.ops[k]
             needs = self._needs(k)
@@ -363,10 +363,12 @@ class _Program:
                         if dcode[4] and not dcode[0] and not dcode[2]:
                             self.deferred[k] = (i, dcode)
                             needs = [n and j != i for j, n in enumerate(needs)]
+                            self.step_needs[k] = needs      # the per-step vjp leaves operand i out
                         break
             self.code[k] = code = self._inline(k, self.mode[k], needs)
             if k in self.deferred and not code[4]:
                 del self.deferred[k]       # the per-step call would count the deferred gradient twice
+                del self.step_needs[k]
                 self.code[k] = self._inline(k, self.mode[k], self._needs(k))
             out_expr = code[1]
             if self.mode[k] == "step" and out_expr.isidentifier() and out_expr.startswith(f"_{k}s_"):
@@ -387,7 +389,7 @@ class _Program:
             out = self.ops[k][3]
             if em.has(out):
                 em.consume(out)
-                em.vjp(k, self.code[k], "step")
+                em.vjp(k, self.code[k], "step", needs=self.step_needs.get(k))
                 if k in self.deferred:
                     em.defer_lists.append((k, em.stack(out)))
         for v in self.cls:
@@ -672,9 +674,11 @@ class _Emitter:
             if isinstance(node, ast.BinOp) and type(node.op) in ufuncs:
                 self.B[line] = (f"G{root} = {name}[t]; {ufuncs[type(node.op)]}({ast.unparse(node.left)}, "
                                 f"{ast.unparse(node.right)}, out=G{root})")
-                self.B = [b for b in self.B if b != f"@STACK{root}@"]
+                copy = "pass"
             else:
-                self.B = [f"{name}[t] = G{root}" if b == f"@STACK{root}@" else b for b in self.B]
+                copy = f"{name}[t] = G{root}"
+            self.B = [copy if b == f"@STACK{root}@" else b for b in self.B]     # same length: indices hold
+        self.B = [b for b in self.B if b != "pass"]
 
     def finish_allocations(self):
         """A slice-built gradient only read by arithmetic in its step reuses one zeroed buffer:

@@ -421,8 +421,6 @@ def test_freezing_a_parameter_between_calls():
     np.testing.assert_allclose(lstm.U.grad, ref.U.grad, **TIGHT)
 
 
-@pytest.mark.xfail(strict=True, reason="scan bug: a per-step matmul of a >2-D carry with a 2-D weight that needs "
-                                       "grad returns None for the weight's per-step gradient (AttributeError)")
 def test_per_step_product_of_a_3d_carry_and_a_2d_weight():
     results = []
     for run in (mg.scan, plain_loop):
@@ -436,9 +434,6 @@ def test_per_step_product_of_a_3d_carry_and_a_2d_weight():
         np.testing.assert_allclose(p, q, **TIGHT)
 
 
-@pytest.mark.xfail(strict=True, reason="inline bug: folding `lo is not None` with lo a literal compiles "
-                                       "`-0.5 is not None`: a SyntaxWarning, and broken generated code when "
-                                       "warnings are errors")
 def test_compiling_a_body_warns_nothing():
     import warnings
     with warnings.catch_warnings():
