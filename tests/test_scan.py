@@ -533,6 +533,8 @@ def test_closure_float_rebound_between_calls_is_not_stale():
 
 
 def test_closure_tensor_rebound_or_changed_in_place_between_calls_is_not_stale():
+    """A Tensor, an ndarray constant and a static index read from the enclosing scope are all
+    rebound between two calls of one body (same structure, so the compiled program is reused)."""
     init, xs = mg.Tensor(np.ones((2, 3))), mg.Tensor(np.linspace(-1, 1, 12).reshape(4, 1, 3))
     w = mg.Tensor(np.full(3, 0.5), requires_grad=True)
     k = np.array([1.0, 2.0, 3.0])
@@ -540,24 +542,24 @@ def test_closure_tensor_rebound_or_changed_in_place_between_calls_is_not_stale()
 
     def body(c, x):
         return (c * w + x * k).tanh(), c[:, idx]
-    mg.scan(body, init, xs)
+    first = mg.scan(body, init, xs)[0].numpy()
     old_w = w
-    w = mg.Tensor(np.full(3, -0.25), requires_grad=True)           # rebinding the name
-    k = np.array([-1.0, 0.0, 1.0])                                   # an ndarray constant, same shape
-    idx = 2                                                          # a static index
+    w = mg.Tensor(np.full(3, -0.25), requires_grad=True)
+    k = np.array([-1.0, 0.0, 1.0])
+    idx = 2
     carry, ys = mg.scan(body, init, xs)
     (carry.sum() + ys.sum()).backward()
-    w_ref = mg.Tensor(w.numpy(), requires_grad=True)
-    w, new_w = w_ref, w
+    scan_w, w = w, mg.Tensor(w.numpy(), requires_grad=True)         # the loop gets its own copy of the new w
     carry_ref, ys_ref = plain_loop(body, init, xs)
     (carry_ref.sum() + ys_ref.sum()).backward()
+    assert not np.allclose(first, carry.numpy())
     np.testing.assert_allclose(carry.numpy(), carry_ref.numpy(), **TIGHT)
     np.testing.assert_allclose(ys.numpy(), ys_ref.numpy(), **TIGHT)
-    np.testing.assert_allclose(new_w.grad, w_ref.grad, **TIGHT)
+    np.testing.assert_allclose(scan_w.grad, w.grad, **TIGHT)
     assert old_w.grad is None                                        # the old tensor is out of the picture
 
-    w = new_w
-    w.data = np.full(3, 0.75)                                        # in place, between calls
+    w = scan_w
+    w.data = np.full(3, 0.75)                                        # changed in place between calls
     again = mg.scan(body, init, xs)[0]
     w = mg.Tensor(np.full(3, 0.75))
     np.testing.assert_allclose(again.numpy(), plain_loop(body, init, xs)[0].numpy(), **TIGHT)
