@@ -192,16 +192,22 @@ def _note_inplace(arr, epoch):
 
 def apply(prim: Primitive, args, kwargs):
     """Run a primitive on Tensors (and constants); record it when a gradient is needed."""
-    arrays = [a._data if isinstance(a, Tensor) else a for a in args]
+    arrays, parents = [], []
     need = False
-    if _state.grad:
-        for a in args:
-            if isinstance(a, Tensor) and a.requires_grad:
+    for a in args:                      # one plain loop: cheaper than comprehensions for 1-3 operands
+        if isinstance(a, Tensor):
+            arrays.append(a._data)
+            if a.requires_grad:
                 need = True
-                break
+                parents.append(a)
+                continue
+        else:
+            arrays.append(a)
+        parents.append(None)
+    if need and not _state.grad:
+        need = False
     if prim.wants_needs:
-        kwargs["needs_grad"] = tuple([isinstance(a, Tensor) and a.requires_grad for a in args]) if need \
-            else (False,) * len(args)
+        kwargs["needs_grad"] = tuple([p is not None for p in parents]) if need else (False,) * len(args)
     try:
         out, vjp = prim.fn(*arrays, **kwargs)
     except (ValueError, TypeError, IndexError) as err:
@@ -213,7 +219,7 @@ def apply(prim: Primitive, args, kwargs):
     t.grad = None
     if need and out.dtype.kind == "f":      # comparisons, integer results: nothing to differentiate
         t.requires_grad = True
-        t._parents = tuple([a if isinstance(a, Tensor) and a.requires_grad else None for a in args])
+        t._parents = tuple(parents)
         t._vjp = vjp
         t._op = prim.name
         t._epoch = _epoch[0]
@@ -343,7 +349,8 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                     raise RuntimeError(f"{t._op}: vjp returned {len(in_grads)} gradients for {len(parents)} inputs")
             else:
                 in_grads = (None,) * len(parents)
-            reports = getattr(vjp, "reports_contributions", False)   # e.g. scan: per step, itself
+            # e.g. scan reports its steps' shares itself
+            reports = recorder is not None and getattr(vjp, "reports_contributions", False)
             if not retain_graph:
                 t._vjp = _freed
             for p, gi in zip(parents, in_grads):
@@ -366,14 +373,15 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                 elif gi is not None:
                     if type(gi) is not np.ndarray:
                         gi = np.asarray(gi)
-                    if gi.shape != p._data.shape:
+                    data = p._data
+                    if gi.shape != data.shape:
                         try:
-                            gi = unbroadcast(gi, p._data.shape)
+                            gi = unbroadcast(gi, data.shape)
                         except ValueError:
                             raise RuntimeError(f"{t._op}: vjp returned a gradient of shape {gi.shape} for an "
-                                               f"input of shape {p._data.shape}") from None
-                    if gi.dtype is not p._data.dtype and gi.dtype != p._data.dtype:
-                        gi = gi.astype(p._data.dtype)
+                                               f"input of shape {data.shape}") from None
+                    if gi.dtype is not data.dtype and gi.dtype != data.dtype:
+                        gi = gi.astype(data.dtype)
                     if anomaly:
                         _check_finite(gi, f"backward of op '{t._op}'")
                     prev = grads.get(k)
@@ -387,8 +395,9 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                             s = np.asarray(s)
                         owned.add(id(s))
                         grads[k] = s
-                pending[k] -= 1
-                if pending[k] == 0:
+                left = pending[k] - 1
+                pending[k] = left
+                if not left:
                     ready.append(p)
     finally:
         if gc_was_enabled:

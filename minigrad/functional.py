@@ -92,7 +92,16 @@ def softmax(x, axis=-1):
 
 def expand_dims(x, axis):
     x = _t(x)
-    return x.reshape(np.expand_dims(x._data, axis).shape)
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    ndim = x.ndim + len(axes)
+    shape = list(x.shape)
+    for a in sorted(a % ndim if -ndim <= a < ndim else _bad_axis(a, ndim) for a in axes):
+        shape.insert(a, 1)
+    return x.reshape(tuple(shape))
+
+
+def _bad_axis(axis, ndim):
+    raise np.exceptions.AxisError(f"expand_dims: axis {axis} is out of bounds for a result of {ndim} dimensions")
 
 
 def squeeze(x, axis=None):
@@ -127,8 +136,7 @@ def concatenate(tensors, axis=0):
 
 
 def stack(tensors, axis=0):
-    tensors = [_t(t) for t in tensors]
-    return concatenate([expand_dims(t, axis) for t in tensors], axis)
+    return ops.stack(*tensors, axis=axis)
 
 
 def where(cond, a, b):

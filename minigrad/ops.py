@@ -227,8 +227,12 @@ def transpose(x, *, axes=None):
 
 @compile_time
 def _is_basic(index):
-    parts = index if isinstance(index, tuple) else (index,)
-    return all(p is None or p is Ellipsis or isinstance(p, (int, slice, np.integer)) for p in parts)
+    """Is ``index`` basic (ints, slices, None, Ellipsis): a view whose gradient writes a slice?"""
+    for part in index if type(index) is tuple else (index,):
+        if not (part is None or part is Ellipsis or type(part) is slice
+                or (isinstance(part, (int, np.integer)) and type(part) is not bool)):
+            return False
+    return True
 
 
 def _getitem_explain(x, *, index):
@@ -252,6 +256,11 @@ def getitem(x, *, index):
 def concatenate(*xs, axis=0):
     ends = np.cumsum([x.shape[axis] for x in xs])[:-1]
     return np.concatenate(xs, axis=axis), lambda g: tuple(np.split(g, ends, axis=axis))
+
+
+@primitive(_builtin=True)
+def stack(*xs, axis=0):
+    return np.stack(xs, axis=axis), lambda g: tuple(np.moveaxis(g, axis, 0))
 
 
 # ---------------------------------------------------------------- linear algebra

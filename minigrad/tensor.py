@@ -253,8 +253,8 @@ def _axis(axis):
 
 
 def _raw_index(index):
-    if isinstance(index, tuple):
-        return tuple(_raw(i) for i in index)
+    if type(index) is tuple:
+        return tuple([i._data if isinstance(i, Tensor) else i for i in index])
     if isinstance(index, list):
         return np.asarray(index)
     return _raw(index)
