@@ -75,7 +75,7 @@ def _shift(x, axis):
     """The max along ``axis`` as a constant (no gradient), to keep exp from overflowing;
     0 where it is infinite. Built from ops so it is traced inside scan bodies too."""
     m = ops.stop_gradient(ops.max(x, axis=axis, keepdims=True))
-    return ops.where(np.isfinite(m._data), m, 0.0)
+    return ops.where(ops.compare(ops.absolute(m), np.inf, op="lt"), m, 0.0)    # traced: |m| < inf
 
 
 def log_softmax(x, axis=-1):

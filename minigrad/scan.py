@@ -806,7 +806,9 @@ def scan(fn, init, xs=None, length=None):
     (final_carry, ys) with ys stacked on axis 0 (None when fn returns no y).
 
     Gradients flow to ``init``, ``xs`` and every tensor the body uses from outside. The result
-    equals the plain Python loop above, forward and backward, which is how it is tested.
+    equals the plain Python loop above, forward and backward, which is how it is tested, with one
+    documented difference: a random draw inside the body (``Dropout``) is made once per call, when
+    the body is traced, and the same mask serves every step (as Keras's recurrent dropout does).
     """
     if active_trace() is not None:
         raise NotImplementedError("scan: a scan inside a scan body is not supported; unroll the inner loop")
@@ -814,6 +816,8 @@ def scan(fn, init, xs=None, length=None):
     if carry_struct is None:
         raise TypeError("scan: init must be a Tensor or a tuple of Tensors")
     xs_flat, xs_struct = _flatten(xs, "xs")
+    if not xs_flat and length is None:
+        raise ValueError("scan: pass xs (time on axis 0) or length= to say how many steps to run")
     lengths = {x.shape[0] if x.ndim else None for x in xs_flat}
     if None in lengths:
         raise ValueError("scan: every xs must have a time axis (axis 0)")
