@@ -625,7 +625,7 @@ def test_clear_errors_from_the_arguments():
         mg.scan(body, init, (mg.Tensor(np.ones((4, 2))), mg.Tensor(np.ones((3, 2)))))
     with pytest.raises(ValueError, match="disagree"):
         mg.scan(body, init, mg.Tensor(np.ones((4, 2))), length=5)
-    with pytest.raises(ValueError, match="disagree"):
+    with pytest.raises(ValueError, match="pass xs .* or length="):
         mg.scan(body, init)                                      # neither xs nor length
     with pytest.raises(TypeError, match="init"):
         mg.scan(body, None, length=3)
