@@ -24,6 +24,10 @@ import warnings
 __all__ = ["compile_time", "NotInlinable", "Source", "source_of"]
 
 _MISSING = object()
+try:
+    from numpy import ufunc as _ufunc
+except ImportError:          # pragma: no cover
+    _ufunc = ()
 
 
 def compile_time(fn):
@@ -68,9 +72,9 @@ def _value(node, known, dtypes=None):
 class _Folder(ast.NodeTransformer):
     """Rename names and fold what is known: conditions, ranks, shapes, pure helper calls."""
 
-    def __init__(self, rename, known, shapes, ranks, functions, literal=None, dtypes=None):
+    def __init__(self, rename, known, shapes, ranks, functions, literal=None, dtypes=None, constant=None):
         self.rename, self.known, self.shapes, self.ranks, self.functions = rename, known, shapes, ranks, functions
-        self.literal, self.dtypes = literal, dtypes or {}
+        self.literal, self.dtypes, self.constant = literal, dtypes or {}, constant
 
     def _number(self, node):
         """A numeric literal operand of arithmetic becomes a named 0-d array of the op's dtype:
@@ -162,13 +166,21 @@ class _Folder(ast.NodeTransformer):
                     ast.Attribute(value=self.visit(a.value), attr="dtype", ctx=ast.Load()) for a in node.args]
             vals = [_value(a, self.known, self.dtypes) for a in args]
             if all(v is not _MISSING for v in vals) and not node.keywords:
-                lit = _literal(fn(*vals))
+                value = fn(*vals)
+                lit = _literal(value)
+                if lit is None and self.constant is not None:       # e.g. a dtype: bound by name
+                    lit = ast.Name(id=self.constant(value), ctx=ast.Load())
+                    self.known[lit.id] = value                      # and known, for calls around it
                 if lit is not None:
                     return ast.copy_location(lit, node)
             node.args = args
             node.func = ast.copy_location(ast.Name(id=renamed, ctx=ast.Load()), node.func)
             return node
         node = self.generic_visit(node)
+        if (isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
+                and isinstance(self.functions.get(node.func.value.id), type(ast))      # np.<ufunc>(...)
+                and isinstance(getattr(self.functions[node.func.value.id], node.func.attr, None), _ufunc)):
+            node.args = [self._number(a) for a in node.args]
         fn = self.functions.get(node.func.id) if isinstance(node.func, ast.Name) else None
         if getattr(fn, "_compile_time", False):
             args = [_value(a, self.known, self.dtypes) for a in node.args]
@@ -275,7 +287,7 @@ class Source:
                 raise NotInlinable(f"unknown name {name!r}")
 
     def instantiate(self, prefix, operands, static, namespace, shapes=None, ranks=None, literal=None, g_name=None,
-                    dtypes=None):
+                    dtypes=None, constant=None):
         """Code for one use of the primitive.
 
         operands: one source expression (a variable name) per positional operand.
@@ -317,7 +329,7 @@ class Source:
                 rename[name] = expr
         if self.vararg is not None:
             prelude.append(f"{rename[self.vararg]} = ({', '.join(operands[n_fixed:])},)")
-        folder = _Folder(rename, known, dict(shapes or {}), dict(ranks or {}), functions, literal, dtypes)
+        folder = _Folder(rename, known, dict(shapes or {}), dict(ranks or {}), functions, literal, dtypes, constant)
         folder.single = {rename.get(n, n): True for n in self.assigned_once}
         body = _fold_block(copy.deepcopy(self.body), folder)
         if not body or not isinstance(body[-1], ast.Return):

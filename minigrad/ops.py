@@ -107,6 +107,12 @@ _EXP_FLOOR = {}
 
 
 @compile_time
+def _float(dtype):
+    """``dtype`` if it is floating point, else float64 (what numpy's exp would give)."""
+    return dtype if dtype.kind == "f" else np.dtype(np.float64)
+
+
+@compile_time
 def _exp_floor(dtype):
     """The most negative x whose exp(-x) is finite in ``dtype`` (-88 in float32, -709 in float64)."""
     floor = _EXP_FLOOR.get(dtype)
@@ -120,9 +126,12 @@ def sigmoid(x):
     # A primitive, so its vjp needs only y. 1 / (1 + exp(-x)) keeps its relative accuracy on both
     # sides (0.5 + 0.5 tanh(x / 2) is 0 below -37); clipping first keeps exp from overflowing
     # where the result is below the dtype's smallest normal number anyway.
-    y = np.exp(-np.maximum(x, _exp_floor(x.dtype)))
+    y = np.empty_like(x, dtype=_float(x.dtype))         # one buffer, every pass in place
+    np.maximum(x, _exp_floor(_float(x.dtype)), out=y)
+    np.negative(y, out=y)
+    np.exp(y, out=y)
     y += 1
-    y = np.reciprocal(y)
+    np.reciprocal(y, out=y)
     return y, lambda g: (g * (y - y * y),)
 
 

@@ -194,6 +194,16 @@ class _Program:
         self.name = {}                 # per-step source name of a step var, when not v{v}
         self._classify()
         self._trial(tr)
+        # vars whose value is an array the op allocated (not a view of anything): reusable as out=,
+        # unless another var views it (a slice, a reshape, an identity) and may still be read
+        self.fresh, viewed = set(), set()
+        for _prim, refs, _kw, out in tr.ops:
+            data = tr.vars[out][1]._data
+            shared = [r for r in refs if isinstance(r, int) and np.shares_memory(data, tr.vars[r][1]._data)]
+            viewed.update(shared)
+            if data.flags.owndata and data.ndim > 0 and not shared:
+                self.fresh.add(out)
+        self.fresh -= viewed
         self._instantiate()
         self.saved, self.stacked, self.kept = [], [], []
         self.backwards = {}
@@ -281,6 +291,15 @@ class _Program:
         self.binders[name] = getter
         return name
 
+    def _constant(self, value):
+        """Bind a compile-time value that has no literal form (a dtype) to a name."""
+        name = f"C_obj{len([n for n in self.ns if n.startswith('C_obj')])}"
+        for existing, v in self.ns.items():
+            if existing.startswith("C_obj") and type(v) is type(value) and v == value:
+                return existing
+        self.ns[name] = value
+        return name
+
     def _literal(self, dtype):
         def name_of(value):
             name = f"C_{dtype.name}_{value!r}".replace(".", "p").replace("-", "m").replace("+", "")
@@ -333,7 +352,8 @@ class _Program:
                 raise NotInlinable("user primitives are called, not inlined")
             src = source_of(prim.fn)
             fwd, out_expr, vjp_lines, result, _ = src.instantiate(
-                prefix, operands, static, self.ns, shapes, ranks, self._literal(self.vars[out][2]), g_name, dtypes)
+                prefix, operands, static, self.ns, shapes, ranks, self._literal(self.vars[out][2]), g_name, dtypes,
+                self._constant)
             for name, renamed in src.static_names(prefix).items():
                 self._bind(renamed, lambda tr, k=k, name=name, batched=batched, d=src.kwdefaults:
                            _batched_index(tr.ops[k][2][name]) if batched and name == "index"
@@ -350,6 +370,7 @@ class _Program:
         """Inline every live op for its context; split off the weight gradients that can be
         deferred to one product after the loop (a per-step matmul with a loop-invariant matrix)."""
         self.code, self.deferred, self.step_needs = {}, {}, {}
+        called = []
         for k in self.live_ops:
             prim, refs, kwargs, out = self.ops[k]
             needs = self._needs(k)
@@ -370,9 +391,15 @@ class _Program:
                 del self.deferred[k]       # the per-step call would count the deferred gradient twice
                 del self.step_needs[k]
                 self.code[k] = self._inline(k, self.mode[k], self._needs(k))
+            if not code[4]:
+                called.append(k)
             out_expr = code[1]
             if self.mode[k] == "step" and out_expr.isidentifier() and out_expr.startswith(f"_{k}s_"):
                 self.name[out] = out_expr      # the op's own local is the value: no alias to save twice
+
+        # a called (not inlined) vjp closure may keep its inputs and output: never write into them
+        for k in called:
+            self.fresh -= {r for r in self.ops[k][1] if isinstance(r, int)} | {self.ops[k][3]}
 
     # ------------------------------------------------------------------ backward
     def _backward_source(self, ys_present, consume):
@@ -499,6 +526,7 @@ class _Program:
         loop += [f"Y{n}a({ref})" for n, ref in enumerate(ys_refs)]
         if self.carry_in:
             loop.append(f"{', '.join(f'v{v}' for v in self.carry_in)} = {', '.join(carry_next)}")
+        pre, loop = self._reuse_dead(pre), self._reuse_dead(loop)
         body = ["K_UNPACK"]
         body += [f"I{v} = OUT[{j}]" for j, v in enumerate(self.outside)]
         body += [f"H{v} = XS[{j}]" for j, v in enumerate(self.x_in)]
@@ -514,6 +542,43 @@ class _Program:
         self.forward = self._finish(body, "forward", "K, OUT, XS, INIT, T")
         self.backwards[(tuple(True for _ in self.ys_out), True)] = self._finish(full_backward, "backward",
                                                                              "K, KEPT, SAVED, T, GC, GY")
+
+    def _reuse_dead(self, lines):
+        """``x = a <op> b`` where ``a`` (or ``b``) is a fresh array of x's shape and dtype that nothing
+        reads afterwards becomes ``np.<op>(a, b, out=a)``: no allocation, as in hand-written numpy."""
+        ufuncs = {ast.Add: "np.add", ast.Sub: "np.subtract", ast.Mult: "np.multiply", ast.Div: "np.true_divide"}
+        var_of = {}
+        for v in self.fresh:
+            var_of[f"v{v}" if self.cls[v] == "step" else f"H{v}" if self.cls[v] == "hoist" else f"I{v}"] = v
+        keep = set(self.saved) | set(self.kept) | {f"v{v}" for v in self.carry_in}
+        out = list(lines)
+        group = {}                       # a name -> every name bound to the same array (x = y lines)
+        for line in out:
+            target, _, expr = line.partition(" = ")
+            if _ and target.isidentifier() and expr.isidentifier():
+                merged = group.get(target, {target}) | group.get(expr, {expr})
+                for n in merged:
+                    group[n] = merged
+        for i, line in enumerate(out):
+            target, _, expr = line.partition(" = ")
+            if not _ or not re.fullmatch(r"[vHI]\d+", target):
+                continue
+            node = ast.parse(expr, mode="eval").body
+            if not (isinstance(node, ast.BinOp) and type(node.op) in ufuncs):
+                continue
+            result = self.vars[int(target[1:])]
+            for side in (node.left, node.right):
+                name = side.id if isinstance(side, ast.Name) else None
+                v = var_of.get(name)
+                names = group.get(name, {name})
+                if (v is None or names & keep or self.vars[v][1] != result[1] or self.vars[v][2] != result[2]
+                        or (target[0] == "v" and self.cls[v] != "step")
+                        or any(names & _names(later)[0] for later in out[i + 1:])):
+                    continue
+                out[i] = f"{target} = {ufuncs[type(node.op)]}({ast.unparse(node.left)}, " \
+                         f"{ast.unparse(node.right)}, out={name})"
+                break
+        return out
 
     def backward(self, ys_present, consume):
         key = (ys_present, consume)

@@ -731,3 +731,52 @@ def test_float32_scan_agrees_with_float64(name):
         np.testing.assert_allclose(p.astype(np.float64), q, rtol=1e-5, atol=1e-5)
     for p, q in zip(got["grads"], ref["grads"]):
         np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5)
+
+
+def _scan_and_loop_grads(body, h0, xs, weights):
+    """Final carry, and every weight's gradient of sum(final carry), through scan and the plain loop."""
+    out = []
+    for looped in (True, False):
+        for w in weights:
+            w.grad = None
+        if looped:
+            c, _ = mg.scan(body, h0, xs)
+        else:
+            c = h0
+            for t in range(xs.shape[0]):
+                c, _ = body(c, xs[t])
+        c.sum().backward()
+        out.append([c.data.copy()] + [w.grad.copy() for w in weights])
+    return out
+
+
+def test_an_output_a_user_vjp_keeps_is_never_overwritten_in_place():
+    """The compiler writes 'a - 1' into a's buffer when a is dead; a user primitive's vjp closure
+    keeps its output alive under no name the compiler sees, so it must not be reused."""
+    @mg.primitive
+    def softplus(x):
+        out = np.logaddexp(0.0, x)
+        return out, lambda g: (g * np.exp(x - out),)          # reads its own output
+
+    rng = np.random.default_rng(0)
+    W = mg.Tensor(rng.standard_normal((3, 3)) * 0.5, requires_grad=True)
+    xs = mg.Tensor(rng.standard_normal((6, 2, 3)))
+    looped, plain = _scan_and_loop_grads(lambda h, x: ((softplus(h @ W + x) - 1.0), h), mg.Tensor(np.zeros((2, 3))),
+                                         xs, [W])
+    for a, b in zip(looped, plain):
+        np.testing.assert_allclose(a, b, **TIGHT)
+
+
+def test_a_temporary_another_value_views_is_never_overwritten_in_place():
+    rng = np.random.default_rng(1)
+    W = mg.Tensor(rng.standard_normal((3, 3)), requires_grad=True)
+
+    def body(h, x):
+        a = h @ W                  # a fresh temporary ...
+        v = a.reshape(2, 3)        # ... that a view keeps reading
+        b = a + x                  # a is dead by name here, but not by memory
+        return (v * b).tanh(), None
+    looped, plain = _scan_and_loop_grads(body, mg.Tensor(np.full((2, 3), 0.1)),
+                                         mg.Tensor(rng.standard_normal((5, 2, 3))), [W])
+    for a, b in zip(looped, plain):
+        np.testing.assert_allclose(a, b, **TIGHT)
