@@ -68,10 +68,10 @@ def main(argv=None) -> int:
     loss = mse_loss(lstm(x), y)                      # depends only on the last output h_T
     print(f"1. An unrolled LSTM over {args.steps} steps: which weights do the steps' matmuls read?")
     matmuls = [t for t in reachable(loss) if t.op == "matmul"]
-    for t in sorted(matmuls, key=lambda m: (m._step, m._parents[1] is lstm.W)):
+    for t in sorted(matmuls, key=lambda m: (m.step, m._parents[1] is lstm.W)):
         weight = t._parents[1]                       # x_t @ U and h_(t-1) @ W: the weight is the 2nd input
         name = "U" if weight is lstm.U else "W" if weight is lstm.W else "?"
-        print(f"   step {t._step + 1}: matmul node {id(t):#x} reads {name} (object {id(weight):#x})")
+        print(f"   step {t.step + 1}: matmul node {id(t):#x} reads {name} (object {id(weight):#x})")
     check(sum(m._parents[1] is lstm.U for m in matmuls) == args.steps
           and sum(m._parents[1] is lstm.W for m in matmuls) == args.steps,
           f"{args.steps} distinct matmul nodes read lstm.U, {args.steps} read lstm.W: two objects in all")

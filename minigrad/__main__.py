@@ -106,7 +106,7 @@ def matmul_uses(output, *weights):
         if t._op == "matmul":
             for p in t._parents:
                 if p is not None and id(p) in uses:
-                    uses[id(p)].append((getattr(t, "_step", None), t, p))
+                    uses[id(p)].append((t.step, t, p))
         for p in t._parents:
             if p is not None and id(p) not in seen:
                 seen.add(id(p))

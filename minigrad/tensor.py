@@ -105,6 +105,8 @@ class Tensor:
     T = property(lambda self: ops.transpose(self))
     is_leaf = property(lambda self: self._vjp is None)
     op = property(lambda self: self._op, doc="The name of the op that made this tensor (None for a leaf).")
+    step = property(lambda self: getattr(self, "_step", None),
+                    doc="The timestep its op was recorded in (``mg.timestep``), or None.")
 
     def __len__(self):
         return len(self._data)

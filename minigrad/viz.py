@@ -125,7 +125,7 @@ def to_dot(tensor: Tensor, params=None, rankdir: str = "TB") -> str:
     clusters = {}                       # timestep -> lines of its nodes, drawn in a frame
     for n, t in enumerate(order):
         extra = ", peripheries=2" if n == 0 else ""
-        step = getattr(t, "_step", None) if t._op is not None else None
+        step = t.step if t._op is not None else None
         if t._op == "scan":
             steps = _scan_steps(t)
             label = f"scan (loop over {steps} steps)" if steps is not None else "scan (loop)"
