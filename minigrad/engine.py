@@ -265,6 +265,36 @@ class IndexedGrad:
         self.index, self.grad = index, grad
 
 
+class OuterGrad:
+    """The gradient ``a.T @ g`` of a product's second operand, not yet multiplied out.
+
+    matmul's vjp returns one for its weight. When the weight is a leaf (a parameter) the engine
+    keeps the factors of every use and multiplies them out once, stacked, when the leaf is
+    complete: one large product instead of one small product and one accumulation per use (the
+    T steps of an unrolled recurrent layer). For anything else it is multiplied out at once."""
+
+    __slots__ = ("a", "g")
+
+    def __init__(self, a, g):
+        self.a, self.g = a, g
+
+    def dense(self):
+        return self.a.T @ self.g
+
+
+def _sum_outer(pairs, stacked):
+    """sum_i a_i.T @ g_i as one product; ``stacked`` caches concatenations shared between
+    leaves (the same g_t reach U and W of an LSTM step)."""
+    As, Gs = pairs
+    if len(As) == 1:
+        return As[0].T @ Gs[0]
+    key = tuple(map(id, Gs))
+    G = stacked.get(key)
+    if G is None:
+        G = stacked[key] = np.concatenate(Gs)
+    return np.concatenate(As).T @ G
+
+
 def _freed(g):
     raise AssertionError("unreachable")   # identity marks a node whose saved arrays were released
 
@@ -318,6 +348,7 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
     epoch = _epoch[0]
     grads = {id(root): grad}
     owned = set()          # ids of gradient arrays this backward created, safe to add into in place
+    outer, stacked = {}, {}  # leaf id -> factors of its OuterGrads; shared concatenations
     ready = [root]
     gc_was_enabled = gc.isenabled()
     gc.disable()           # the graph holds no cycles; collector passes over it cost 2x at depth
@@ -332,6 +363,12 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                 g_owned = False
             vjp = t._vjp
             if vjp is None:                           # a leaf: keep its gradient
+                pairs = outer.pop(id(t), None)
+                if pairs is not None:
+                    total = _sum_outer(pairs, stacked)
+                    if anomaly:
+                        _check_finite(total, f"backward of the products using a tensor of shape {t.shape}")
+                    g, g_owned = (total, True) if g is None else (g + total, True)
                 if g is not None:
                     _accumulate_leaf(t, g, g_owned)
                 continue
@@ -357,6 +394,22 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                 if p is None:
                     continue
                 k = id(p)
+                if type(gi) is OuterGrad:
+                    if p._vjp is None and gi.a.ndim == 2 and gi.g.ndim == 2 and not anomaly:
+                        if recorder is not None and k in recorder.watch and not reports:
+                            recorder.add(p, t._op, getattr(t, "_step", None), gi.dense())
+                        pair = outer.get(k)
+                        if pair is None:
+                            outer[k] = ([gi.a], [gi.g])
+                        else:
+                            pair[0].append(gi.a)
+                            pair[1].append(gi.g)
+                        left = pending[k] - 1
+                        pending[k] = left
+                        if not left:
+                            ready.append(p)
+                        continue
+                    gi = gi.dense()
                 if recorder is not None and k in recorder.watch and gi is not None and not reports:
                     recorder.add(p, t._op, getattr(t, "_step", None),
                                  unbroadcast(np.asarray(gi), p._data.shape) if type(gi) is not IndexedGrad

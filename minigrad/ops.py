@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .engine import IndexedGrad, primitive
+from .engine import IndexedGrad, OuterGrad, primitive
 from .inline import compile_time
 
 ELEMENTWISE = "elementwise"   # broadcasting op: a leading time axis on an operand just broadcasts
@@ -321,5 +321,5 @@ def _mm_grads(g, a, b, na, nb):
 def matmul(a, b, *, needs_grad=(True, True)):
     na, nb = needs_grad
     if a.ndim == 2 and b.ndim == 2:      # the common case, spelled out so the loop compiler inlines it
-        return a @ b, lambda g: (g @ b.T if na else None, a.T @ g if nb else None)
+        return a @ b, lambda g: (g @ b.T if na else None, OuterGrad(a, g) if nb else None)
     return _mm(a, b), lambda g: _mm_grads(g, a, b, na, nb)

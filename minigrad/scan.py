@@ -34,7 +34,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .engine import IndexedGrad, _freed, active_trace, is_grad_enabled, unbroadcast
+from .engine import IndexedGrad, OuterGrad, _freed, active_trace, is_grad_enabled, unbroadcast
 from .inline import NotInlinable, source_of
 from .ops import ELEMENTWISE, INDEX, MATMUL, _is_basic
 from .tensor import Tensor, _state
@@ -269,8 +269,8 @@ class _Program:
             seen = [g, t._data] + [tr.vars[r][1]._data for r in refs if isinstance(r, int)]
             info = []
             for r in res:
-                if r is None or isinstance(r, IndexedGrad):
-                    info.append(r if r is None else "indexed")
+                if r is None or isinstance(r, (IndexedGrad, OuterGrad)):
+                    info.append(None if r is None else "indexed" if isinstance(r, IndexedGrad) else "outer")
                     continue
                 r = np.asarray(r)
                 fresh = (r.flags.owndata and r.flags.writeable and r.ndim > 0
@@ -790,16 +790,20 @@ class _Emitter:
             info = trial[i] if trial is not None else ("unknown",)
             if ctx == "step" and info is None:
                 continue
+            dense = _outer(expr, p.ns)                     # OuterGrad(a, g) -> a.T @ g, fresh
+            if dense != expr:
+                expr, info = dense, (p.vars[r][1], p.vars[r][2], True)
             index = _indexed(expr, p.ns)
             if index is not None:
                 value = kwargs["index"] if ctx == "step" else _batched_index(kwargs["index"])
                 self.add_indexed(r, index[0], value, index[1], ctx, prim.name)
                 continue
-            if info == "indexed" or info == ("unknown",):       # not inlined: check at run time
+            if info in ("indexed", "outer", ("unknown",)):      # not inlined: check at run time
                 lines.append(f"_gi = {expr}")
                 lines.append(f"if _gi.__class__ is _IndexedGrad: _gi = _densify(_gi, {p.vars[r][1]!r}, "
                              f"np.{p.vars[r][2].name})")
-                p.ns["_IndexedGrad"], p.ns["_densify"] = IndexedGrad, _densify
+                lines.append("if _gi.__class__ is _OuterGrad: _gi = _gi.dense()")
+                p.ns["_IndexedGrad"], p.ns["_densify"], p.ns["_OuterGrad"] = IndexedGrad, _densify, OuterGrad
                 expr, info = "_gi", None
             fresh = False
             if ctx == "step" and p.cls[r] != "inv":
@@ -813,6 +817,17 @@ class _Emitter:
 
 
 _ARITHMETIC = {"np.add", "np.subtract", "np.multiply", "np.true_divide", "np.matmul"}   # fresh results
+
+
+def _outer(expr, ns):
+    """``a.T @ g`` for ``OuterGrad(a, g)`` (a deferred weight gradient, multiplied out here)."""
+    if "OuterGrad" not in expr:
+        return expr
+    node = ast.parse(expr, mode="eval").body
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and ns.get(node.func.id) is OuterGrad
+            and len(node.args) == 2 and not node.keywords):
+        return f"{ast.unparse(node.args[0])}.T @ {ast.unparse(node.args[1])}"
+    return expr
 
 
 def _indexed(expr, ns):
