@@ -262,7 +262,11 @@ def mygrad_unrolled(X, U, W, b):
         loss.backward()
         return float(loss.item()), (Um.grad, Wm.grad, bm.grad, x.grad)
 
-    return Bench(step=step, forward=lambda: run(mgr.Tensor(X)), info={"mygrad": _version("mygrad")})
+    def clear():
+        for p in (Um, Wm, bm):
+            p.null_grad()
+
+    return Bench(step=step, forward=lambda: run(mgr.Tensor(X)), clear=clear, info={"mygrad": _version("mygrad")})
 
 
 def autograd_unrolled(X, U, W, b):

@@ -75,6 +75,16 @@ def _reset_rss_peak():
         return False
 
 
+def _malloc_trim():
+    """Hand the C heap's free memory back to the OS (glibc), so an RSS rise measures what a step
+    needs rather than what earlier steps left cached in the heap."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _mb(n):
     return None if n is None else n / 2 ** 20
 
@@ -91,13 +101,15 @@ def _measure_memory(bench):
         gc.collect()
 
     settle()
-    if _reset_rss_peak():
+    if bench.memory == "rss" and _reset_rss_peak():     # RSS where tracemalloc cannot see the allocator
+        _malloc_trim()
         r0 = _proc_status("VmRSS")
         _reset_rss_peak()
         res = bench.step()
         out["rss_peak_mb"] = _mb(max(0, _proc_status("VmHWM") - r0))
         del res
         settle()
+        _malloc_trim()
         r0 = _proc_status("VmRSS")
         kept = bench.forward()
         out["kept_rss_mb"] = _mb(max(0, _proc_status("VmRSS") - r0))
@@ -299,7 +311,7 @@ def _system_busy():
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-def quiesce(workers, machine_limit=2.0, interval=0.02):
+def quiesce(workers, machine_limit=0.5, interval=0.02):
     """Wait until our workers are idle (at most 0.5 s), then until the whole machine is (at most
     ``machine_limit`` s). After its last call a numpy process's OpenBLAS threads spin for ~0.1 s
     before they sleep; on a 2-core machine they would steal a core from the next worker's timed
@@ -440,9 +452,11 @@ def notes(row):
         out.append(f"peak/state {row['peak_over_state']:.2f}")
     if row.get("step_spread", 1) > 1.5:
         out.append(f"rounds vary x{row['step_spread']:.1f}")
-    busy = [c for c in row.get("background_cores") or [] if c is not None and c > BUSY_CORES]
-    if busy:
-        out.append(f"machine busy in {len(busy)} round(s)")
+    n = len(row.get("step_rounds") or [])
+    if row.get("rounds_used") == 0:
+        out.append(f"machine busy in all {n} rounds")
+    elif row.get("rounds_used") is not None and row["rounds_used"] < n:
+        out.append(f"{n - row['rounds_used']} of {n} rounds left out: machine busy")
     return "; ".join(out)
 
 
@@ -533,6 +547,12 @@ def targets(rows):
     return out
 
 
+def _plot_memory(row):
+    if row["impl"] == "numpy floor":        # allocates nothing in the step: show what it holds instead
+        return row.get("kept_mb")
+    return row.get("rss_peak_mb") if row.get("memory_kind") == "rss" else row.get("peak_mb")
+
+
 def plot(doc, path):
     try:
         import matplotlib
@@ -555,10 +575,11 @@ def plot(doc, path):
                 continue
             Ts = [t for t, _ in pts]
             axes[0][j].plot(Ts, [r["step_ms"] for _, r in pts], ls, color=color, marker="o", label=impl)
-            mem = [(t, r.get("rss_peak_mb") if r.get("memory_kind") == "rss" else r.get("peak_mb")) for t, r in pts]
+            mem = [(t, _plot_memory(r)) for t, r in pts]
             mem = [(t, m) for t, m in mem if m]
             if mem:
-                axes[1][j].plot(*zip(*mem), ls, color=color, marker="o", label=impl)
+                label = impl + (" (its preallocated buffers)" if impl == "numpy floor" else "")
+                axes[1][j].plot(*zip(*mem), ls, color=color, marker="o", label=label)
         Tmax = [r["T"] for r in rows if r["size"] == size]
         if Tmax:
             Ts = sorted(set(Tmax))
@@ -566,7 +587,7 @@ def plot(doc, path):
             axes[1][j].plot(Ts, [t * B * 6 * H * itemsize / 2 ** 20 for t in Ts], ":", color="tab:green",
                             label="per-step state T*B*6H*4")
         axes[0][j].set_title(f"{size} (B={B}, I={I}, H={H})")
-        for i, ylabel in enumerate(("training step, median ms", "peak extra memory, MB")):
+        for i, ylabel in enumerate(("training step, median ms", "peak extra memory in a step, MB")):
             ax = axes[i][j]
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -583,14 +604,21 @@ def plot(doc, path):
 
 
 def summarise(rows):
-    """Medians over rounds, and ratios to the floor and to torch.nn.LSTM, for one configuration."""
+    """Medians over rounds, and ratios to the floor and to torch.nn.LSTM, for one configuration.
+    Rounds during which other processes were measured busy are left out when clean ones exist:
+    on 2 cores a process that takes one core makes a 2-thread BLAS or OpenMP run 10-50x slower."""
     for r in rows:
-        if r.get("step_rounds"):
-            r["step_ms"] = statistics.median(r["step_rounds"]) * 1e3
-            r["step_ms_best"] = min(r["step_rounds"]) * 1e3
-            r["step_spread"] = max(r["step_rounds"]) / min(r["step_rounds"])
-            r["forward_ms"] = statistics.median(r["forward_rounds"]) * 1e3
-            r["per_step_us"] = r["step_ms"] * 1e3 / r["T"]
+        if not r.get("step_rounds"):
+            continue
+        busy = [c is not None and c > BUSY_CORES for c in r.get("background_cores") or [False] * len(r["step_rounds"])]
+        keep = [i for i, b in enumerate(busy) if not b] or list(range(len(busy)))
+        r["rounds_used"] = len(keep) if len(keep) < len(busy) or not any(busy) else 0   # 0: all were busy
+        step = [r["step_rounds"][i] for i in keep]
+        r["step_ms"] = statistics.median(step) * 1e3
+        r["step_ms_best"] = min(r["step_rounds"]) * 1e3
+        r["step_spread"] = max(step) / min(step)
+        r["forward_ms"] = statistics.median([r["forward_rounds"][i] for i in keep]) * 1e3
+        r["per_step_us"] = r["step_ms"] * 1e3 / r["T"]
     base = {r["impl"]: r.get("step_ms") for r in rows}
     for r in rows:
         if r.get("step_ms") is None:
@@ -636,9 +664,10 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, help="threads for every library (OMP, OpenBLAS, MKL, XLA when 1); default: "
                                                "each library's own default. 1 is steadier on a busy machine")
     p.add_argument("--retries", type=int, help="times to retime a round during which other processes were busy "
-                                               "(default 2; 0 with --quick)")
+                                               "(default 1; 0 with --quick)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds to wait for one worker answer")
     p.add_argument("--list", action="store_true", help="list the implementations and exit")
+    p.add_argument("--render", metavar="JSON", help="re-summarise a run's JSON: rewrite its table, plot and targets")
     args = p.parse_args(argv)
 
     def split(values):
@@ -661,7 +690,7 @@ def parse_args(argv):
         p.error("dtypes are float32 and float64")
     args.rounds = args.rounds or (2 if args.quick else 5)
     if args.retries is None:
-        args.retries = 0 if args.quick else 2
+        args.retries = 0 if args.quick else 1
     args.budget = args.budget or (0.08 if args.quick else 0.6)
     return args
 
@@ -728,7 +757,7 @@ def time_rounds(workers, rows, args, timing):
             worker = workers[row["impl"]]
             for _attempt in range(args.retries + 1):
                 try:
-                    quiesce(workers.values(), machine_limit=0.1 if args.quick else 2.0)
+                    quiesce(workers.values(), machine_limit=0.1 if args.quick else 0.5)
                     probe = Probe(worker)
                     reply = worker.request({"cmd": "time", **timing}, args.timeout)
                     others = probe.others()
@@ -752,6 +781,8 @@ def main(argv=None):
         for spec in IM.IMPLS.values():
             print(f"{spec.name:18s} {spec.doc}")
         return 0
+    if args.render:
+        return render(Path(args.render), plot_it=not args.no_plot)
     t_start = time.perf_counter()
     out_path = Path(args.out) if args.out else HERE / "results" / "latest.json"
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -808,6 +839,23 @@ def main(argv=None):
     print(table)
     print(f"\nWrote {out_path}" + (f", {doc['plot']}" if doc.get("plot") else "") +
           f" and {out_path.with_suffix('.md')} in {doc['elapsed_s']:.0f} s.", flush=True)
+    return 0
+
+
+def render(path, plot_it=True):
+    doc = json.loads(path.read_text())
+    groups = {}
+    for r in doc["results"]:
+        groups.setdefault((r["size"], r["dtype"], r["T"]), []).append(r)
+    for rows in groups.values():
+        summarise(rows)
+    doc["targets"] = targets(doc["results"])
+    if plot_it:
+        doc["plot"] = plot(doc, path.with_suffix(".png"))
+    _write(doc, path)
+    table = markdown(doc)
+    path.with_suffix(".md").write_text(table + "\n")
+    print(table)
     return 0
 
 
