@@ -819,26 +819,26 @@ class _Emitter:
 _ARITHMETIC = {"np.add", "np.subtract", "np.multiply", "np.true_divide", "np.matmul"}   # fresh results
 
 
+def _lazy_args(expr, ns, cls):
+    """The source of ``a`` and ``b`` if ``expr`` is ``cls(a, b)`` (IndexedGrad, OuterGrad), else None."""
+    if cls.__name__ not in expr:
+        return None
+    node = ast.parse(expr, mode="eval").body
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and ns.get(node.func.id) is cls
+            and len(node.args) == 2 and not node.keywords):
+        return ast.unparse(node.args[0]), ast.unparse(node.args[1])
+    return None
+
+
 def _outer(expr, ns):
     """``a.T @ g`` for ``OuterGrad(a, g)`` (a deferred weight gradient, multiplied out here)."""
-    if "OuterGrad" not in expr:
-        return expr
-    node = ast.parse(expr, mode="eval").body
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and ns.get(node.func.id) is OuterGrad
-            and len(node.args) == 2 and not node.keywords):
-        return f"{ast.unparse(node.args[0])}.T @ {ast.unparse(node.args[1])}"
-    return expr
+    args = _lazy_args(expr, ns, OuterGrad)
+    return expr if args is None else f"{args[0]}.T @ {args[1]}"
 
 
 def _indexed(expr, ns):
     """(index source, gradient source) if ``expr`` is ``IndexedGrad(index, g)``, else None."""
-    if "IndexedGrad" not in expr:
-        return None
-    node = ast.parse(expr, mode="eval").body
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and ns.get(node.func.id) is IndexedGrad
-            and len(node.args) == 2 and not node.keywords):
-        return ast.unparse(node.args[0]), ast.unparse(node.args[1])
-    return None
+    return _lazy_args(expr, ns, IndexedGrad)
 
 
 def _densify(gi, shape, dtype):
