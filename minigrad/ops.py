@@ -126,8 +126,8 @@ def sigmoid(x):
     # A primitive, so its vjp needs only y. 1 / (1 + exp(-x)) keeps its relative accuracy on both
     # sides (0.5 + 0.5 tanh(x / 2) is 0 below -37); clipping first keeps exp from overflowing
     # where the result is below the dtype's smallest normal number anyway.
-    y = np.empty_like(x, dtype=_float(x.dtype))         # one buffer, every pass in place
-    np.maximum(x, _exp_floor(_float(x.dtype)), out=y)
+    # one buffer, every pass in place (the loop compiler may make it x's own, when x is dead here)
+    y = np.maximum(x, _exp_floor(_float(x.dtype)), out=np.empty_like(x, dtype=_float(x.dtype)))
     np.negative(y, out=y)
     np.exp(y, out=y)
     y += 1

@@ -189,21 +189,23 @@ class _Program:
         self.x_in = [v for v, (kind, *_) in enumerate(self.vars) if kind == "x"]
         self.outside = [v for v, (kind, *_) in enumerate(self.vars) if kind == "outside"]
         self.carry_out, self.ys_out = carry_out, ys_out
-        self.ns = {"np": np, "_ub": unbroadcast, "_cast": _cast, "_report": _report}
+        self.ns = {"np": np, "_ub": unbroadcast, "_cast": _cast, "_report": _report, "_stack_steps": _stack_steps}
         self.binders = {}              # name -> fn(trace) -> value, bound afresh at every call
         self.name = {}                 # per-step source name of a step var, when not v{v}
         self._classify()
         self._trial(tr)
-        # vars whose value is an array the op allocated (not a view of anything): reusable as out=,
-        # unless another var views it (a slice, a reshape, an identity) and may still be read
-        self.fresh, viewed = set(), set()
+        # vars whose value is an array the op allocated (not a view of anything): reusable as out=
+        # once nothing reads them, nor any var sharing their memory (a slice, a reshape, an identity)
+        self.fresh, self.sharing = set(), {}
         for _prim, refs, _kw, out in tr.ops:
             data = tr.vars[out][1]._data
             shared = [r for r in refs if isinstance(r, int) and np.shares_memory(data, tr.vars[r][1]._data)]
-            viewed.update(shared)
+            for r in shared:
+                group = self.sharing.get(r, {r}) | self.sharing.get(out, {out})
+                for m in group:
+                    self.sharing[m] = group
             if data.flags.owndata and data.ndim > 0 and not shared:
                 self.fresh.add(out)
-        self.fresh -= viewed
         self._instantiate()
         self.saved, self.stacked, self.kept = [], [], []
         self.backwards = {}
@@ -404,7 +406,7 @@ class _Program:
     # ------------------------------------------------------------------ backward
     def _backward_source(self, ys_present, consume):
         """Source of the reverse pass for one pattern of given ys gradients."""
-        em = _Emitter(self)
+        em = _Emitter(self, consume)
         for j, v in enumerate(self.carry_out):
             if self.vars[v][3]:
                 em.add(v, f"gc{j}", "step", fresh=False)
@@ -446,7 +448,7 @@ class _Program:
             i, code = self.deferred[k]
             other = self.ops[k][1][1 - i]
             if self.cls[other] == "step":
-                em.P.append(f"D{other} = np.stack(Q{other})")
+                em.P.append(f"D{other} = _stack_steps(Q{other})")
                 if other not in self.stacked:
                     self.stacked.append(other)
             em.P.insert(0, f"DGS{k} = {stacked}")
@@ -467,7 +469,7 @@ class _Program:
         body += em.L
         body.append("for t in range(T - 1, -1, -1):")
         body += ["    " + line for line in (em.B or ["pass"])]
-        body += em.P
+        body += em.P0 + em.P
         body.append(f"return {_tuple(f'gc{j}' for j in range(len(self.carry_in)))}, "
                     f"{_tuple(f'GH{v}' if v in em.stacked_g else 'None' for v in self.x_in)}, "
                     f"{_tuple(f'GI{v}' if v in em.inv_g else 'None' for v in self.outside)}")
@@ -526,7 +528,22 @@ class _Program:
         loop += [f"Y{n}a({ref})" for n, ref in enumerate(ys_refs)]
         if self.carry_in:
             loop.append(f"{', '.join(f'v{v}' for v in self.carry_in)} = {', '.join(carry_next)}")
-        pre, loop = self._reuse_dead(pre), self._reuse_dead(loop)
+        placed = self._place_ys(loop, ys_refs)
+        ys_return = {n: f"Y{n}" for n in placed}
+        for n in placed:
+            shape, dtype = self.vars[self.ys_out[n]][1], self.vars[self.ys_out[n]][2]
+            alloc = f"Y{n} = np.empty((T,) + {shape!r}, np.{dtype.name})"
+            carry = [j for j, ref in enumerate(carry_next) if ref == ys_refs[n]]
+            if carry:   # y_t is the next carry: row 0 holds init, so every carry value is a row of Y
+                j = carry[0]
+                alloc = (f"Y{n} = np.empty((T + 1,) + {shape!r}, np.{dtype.name}); Y{n}[0] = INIT[{j}]; "
+                         f"v{self.carry_in[j]} = Y{n}[0]")
+                loop = [b.replace(f"= Y{n}[t];", f"= Y{n}[t + 1];") for b in loop]
+                ys_return[n] = f"Y{n}[1:]"
+            pre = [alloc if b == f"Y{n} = []" else b for b in pre if b != f"Y{n}a = Y{n}.append"]
+            loop.remove(f"Y{n}a({ys_refs[n]})")
+        pre = self._reuse_dead(pre)
+        loop = self._reuse_dead(loop, loop=True, before=pre)
         body = ["K_UNPACK"]
         body += [f"I{v} = OUT[{j}]" for j, v in enumerate(self.outside)]
         body += [f"H{v} = XS[{j}]" for j, v in enumerate(self.x_in)]
@@ -534,8 +551,8 @@ class _Program:
         body += pre
         body.append("for t in range(T):")
         body += ["    " + line for line in (loop or ["pass"])]
-        body.append(f"return {_tuple(f'v{v}' for v in self.carry_in)}, "
-                    f"{_tuple(f'np.stack(Y{n})' for n in range(len(self.ys_out)))}, "
+        body.append(f"return {_tuple(f'v{v}.copy()' if placed else f'v{v}' for v in self.carry_in)}, "
+                    f"{_tuple(ys_return.get(n, f'np.stack(Y{n})') for n in range(len(self.ys_out)))}, "
                     f"{_tuple(self.kept)}, {_tuple(self._saved_names())}")
         used = _names("\n".join(body + full_backward).replace("_UNPACK", "_X"))[0]
         self.binders = {n: g for n, g in self.binders.items() if n in used}     # folded ones are not
@@ -543,40 +560,103 @@ class _Program:
         self.backwards[(tuple(True for _ in self.ys_out), True)] = self._finish(full_backward, "backward",
                                                                              "K, KEPT, SAVED, T, GC, GY")
 
-    def _reuse_dead(self, lines):
-        """``x = a <op> b`` where ``a`` (or ``b``) is a fresh array of x's shape and dtype that nothing
-        reads afterwards becomes ``np.<op>(a, b, out=a)``: no allocation, as in hand-written numpy."""
+    def _place_ys(self, loop, ys_refs):
+        """Write each y_t computed as a fresh ``a <op> b`` straight into its slot of the (T, ...)
+        output with ``out=`` (no list, no stack at the end). Returns the ys placed."""
         ufuncs = {ast.Add: "np.add", ast.Sub: "np.subtract", ast.Mult: "np.multiply", ast.Div: "np.true_divide"}
-        var_of = {}
+        placed = []
+        for n, ref in enumerate(ys_refs):
+            v = self.ys_out[n]
+            if self.cls[v] != "step" or ys_refs.count(ref) > 1 or v not in self.fresh:
+                continue
+            for i, line in enumerate(loop):
+                target, _, expr = line.partition(" = ")
+                if target != ref:
+                    continue
+                node = ast.parse(expr, mode="eval").body
+                if isinstance(node, ast.BinOp) and type(node.op) in ufuncs:
+                    loop[i] = (f"{ref} = Y{n}[t]; {ufuncs[type(node.op)]}({ast.unparse(node.left)}, "
+                               f"{ast.unparse(node.right)}, out={ref})")
+                    placed.append(n)
+                break
+        return placed
+
+    def _reuse_dead(self, lines, loop=False, before=()):
+        """Write into arrays nothing reads any more, instead of allocating, as hand-written numpy
+        does: ``x = a <op> b`` becomes ``np.<op>(a, b, out=a)`` and ``y = np.empty_like(a, dtype=d)``
+        becomes ``y = a`` when ``a`` is scratch (an array an op allocated, or in the loop the step's
+        slice of a hoisted array nothing else reads), has the right shape and dtype, and neither it
+        nor anything sharing its memory is read afterwards (or saved or kept for backward)."""
+        ufuncs = {ast.Add: "np.add", ast.Sub: "np.subtract", ast.Mult: "np.multiply", ast.Div: "np.true_divide"}
+        names_of = {}                    # var -> its names in these lines
+        for v in self.vars and range(len(self.vars)):
+            names_of[v] = {f"v{v}", f"H{v}", f"I{v}", self.name.get(v, f"v{v}"), f"h{v}"}
+        scratch = {}                     # name -> var, for names whose array may be overwritten
         for v in self.fresh:
-            var_of[f"v{v}" if self.cls[v] == "step" else f"H{v}" if self.cls[v] == "hoist" else f"I{v}"] = v
+            c = self.cls[v]
+            scratch[f"v{v}" if c == "step" else f"H{v}" if c == "hoist" else f"I{v}"] = v
+            if c == "step":
+                scratch[self.name.get(v, f"v{v}")] = v
         keep = set(self.saved) | set(self.kept) | {f"v{v}" for v in self.carry_in}
-        out = list(lines)
-        group = {}                       # a name -> every name bound to the same array (x = y lines)
-        for line in out:
+        bound = {}                       # names bound to the same array before these lines (x = y)
+        for line in before:
             target, _, expr = line.partition(" = ")
             if _ and target.isidentifier() and expr.isidentifier():
-                merged = group.get(target, {target}) | group.get(expr, {expr})
+                merged = bound.get(target, {target}) | bound.get(expr, {expr})
                 for n in merged:
-                    group[n] = merged
+                    bound[n] = merged
+        if loop:                         # per-step slices of hoisted arrays read by nothing else
+            every = "\n".join(lines)
+            for v in self.fresh:
+                if (self.cls[v] == "hoist" and not bound.get(f"H{v}", {f"H{v}"}) & keep
+                        and every.count(f"H{v}") == 1 and len(self.sharing.get(v, {v})) == 1):
+                    scratch[f"h{v}"] = v
+        out = list(lines)
+        group = {}                       # a name -> every name bound to the same array
+
+        def merge(a, b):
+            merged = group.get(a, {a}) | group.get(b, {b})
+            for n in merged:
+                group[n] = merged
+
+        def dead_after(i, name, v):
+            names = set(group.get(name, {name}))
+            for m in self.sharing.get(v, {v}):
+                names |= names_of[m]
+            return not (names & keep) and not any(names & _names(later)[0] for later in out[i + 1:])
+
+        for line in out:                 # values placed in an output buffer are not scratch
+            if "; " in line:
+                scratch.pop(line.partition(" = ")[0], None)
         for i, line in enumerate(out):
             target, _, expr = line.partition(" = ")
-            if not _ or not re.fullmatch(r"[vHI]\d+", target):
+            if not _ or not target.isidentifier() or "; " in line:
+                continue
+            if expr.isidentifier():
+                merge(target, expr)
                 continue
             node = ast.parse(expr, mode="eval").body
-            if not (isinstance(node, ast.BinOp) and type(node.op) in ufuncs):
+            new = _fresh_out(node)             # y = np.<ufunc>(..., out=np.empty_like(a, dtype=d))
+            if new is not None:
+                name, dtype_name = new
+                v = next((scratch[n] for n in group.get(name, {name}) if n in scratch), None)
+                dtype = self.ns.get(dtype_name)
+                if v is not None and dtype == self.vars[v][2] and dead_after(i, name, v):
+                    out[i] = line.replace(f"np.empty_like({name}, dtype={dtype_name})", name)
+                    merge(target, name)
+                continue
+            if not (re.fullmatch(r"[vHI]\d+", target) and isinstance(node, ast.BinOp) and type(node.op) in ufuncs):
                 continue
             result = self.vars[int(target[1:])]
-            for side in (node.left, node.right):
-                name = side.id if isinstance(side, ast.Name) else None
-                v = var_of.get(name)
-                names = group.get(name, {name})
-                if (v is None or names & keep or self.vars[v][1] != result[1] or self.vars[v][2] != result[2]
-                        or (target[0] == "v" and self.cls[v] != "step")
-                        or any(names & _names(later)[0] for later in out[i + 1:])):
+            sides = [s.id for s in (node.left, node.right) if isinstance(s, ast.Name)]
+            for name in sorted(sides, key=lambda n: n[0] != "h"):     # a hoisted slice first: no step alloc
+                v = scratch.get(name)
+                if (v is None or self.vars[v][1] != result[1] or self.vars[v][2] != result[2]
+                        or (target[0] == "v" and self.cls[v] == "inv") or not dead_after(i, name, v)):
                     continue
                 out[i] = f"{target} = {ufuncs[type(node.op)]}({ast.unparse(node.left)}, " \
                          f"{ast.unparse(node.right)}, out={name})"
+                merge(target, name)
                 break
         return out
 
@@ -602,9 +682,9 @@ class _Emitter:
     may add into in place) and, for gradients built from slices, whether the slices cover the
     whole buffer (then it need not be zeroed)."""
 
-    def __init__(self, prog):
-        self.p = prog
-        self.L, self.B, self.P = [], [], []
+    def __init__(self, prog, consume=True):
+        self.p, self.consuming = prog, consume
+        self.L, self.B, self.P, self.P0 = [], [], [], []     # P0: right after the loop, before P
         self.assigned, self.owned = set(), set()
         self.stacked_g, self.owned_stacked, self.inv_g = set(), set(), set()
         self.defer_lists = []
@@ -737,13 +817,42 @@ class _Emitter:
             line = self.created.get(root)
             node = ast.parse(self.B[line].split(" = ", 1)[1], mode="eval").body if line is not None else None
             if isinstance(node, ast.BinOp) and type(node.op) in ufuncs:
-                self.B[line] = (f"G{root} = {name}[t]; {ufuncs[type(node.op)]}({ast.unparse(node.left)}, "
-                                f"{ast.unparse(node.right)}, out=G{root})")
+                into = self._dying_saved(root, line, node)
+                if into is not None:        # the step's gradient takes the place of a value that dies here
+                    self.B[line] = (f"G{root} = {into}; {ufuncs[type(node.op)]}({ast.unparse(node.left)}, "
+                                    f"{ast.unparse(node.right)}, out=G{root}); SL{root}.append(G{root})")
+                    self.L = [f"SL{root} = []" if b.startswith(f"{name} = np.empty(") else b for b in self.L]
+                    self.P0.append(f"{name} = _stack_steps(SL{root}[::-1])")
+                else:
+                    self.B[line] = (f"G{root} = {name}[t]; {ufuncs[type(node.op)]}({ast.unparse(node.left)}, "
+                                    f"{ast.unparse(node.right)}, out=G{root})")
                 copy = "pass"
             else:
                 copy = f"{name}[t] = G{root}"
             self.B = [copy if b == f"@STACK{root}@" else b for b in self.B]     # same length: indices hold
         self.B = [b for b in self.B if b != "pass"]
+
+    def _dying_saved(self, root, line, node):
+        """A value saved by the forward and restored this step that ``node`` reads and nothing reads
+        after it (nor anything sharing its memory): its buffer may receive root's gradient. Only
+        when the backward consumes what the forward saved (no retain_graph), never a carry."""
+        p = self.p
+        if not self.consuming:
+            return None
+        step_names = p._step_names()
+        var_of = {p._ref(v, "step"): v for v in p.cls if p.cls[v] == "step"}
+        carried = {f"v{v}" for v in p.carry_in} | {p._ref(v, "step") for v in p.carry_out}
+        later = set().union(*(_names(b)[0] for b in self.B[line + 1:] if not b.startswith("@")))
+        for n in ast.walk(node):
+            name = n.id if isinstance(n, ast.Name) else None
+            v = var_of.get(name)
+            if (v is None or name not in step_names or name in carried or v not in p.fresh
+                    or p.vars[v][1] != p.vars[root][1] or p.vars[v][2] != p.vars[root][2]):
+                continue
+            names = {p._ref(m, "step") for m in p.sharing.get(v, {v}) if p.cls.get(m) == "step"} | {name}
+            if not names & later and not names & carried:
+                return name
+        return None
 
     def finish_allocations(self):
         """A slice-built gradient only read by arithmetic in its step reuses one zeroed buffer:
@@ -816,6 +925,21 @@ class _Emitter:
             self.add(r, expr, ctx, fresh, prim.name)
 
 
+def _fresh_out(node):
+    """(a, d) if ``node`` is a numpy ufunc call whose ``out=`` is ``np.empty_like(a, dtype=d)``
+    (a name, and a named dtype): a new buffer that may be ``a`` itself when ``a`` is dead."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and isinstance(getattr(np, node.func.attr, None), np.ufunc)):
+        return None
+    outs = [k.value for k in node.keywords if k.arg == "out"]
+    alloc = outs[0] if outs else None
+    if (isinstance(alloc, ast.Call) and ast.unparse(alloc.func) == "np.empty_like" and len(alloc.args) == 1
+            and isinstance(alloc.args[0], ast.Name) and [k.arg for k in alloc.keywords] == ["dtype"]
+            and isinstance(alloc.keywords[0].value, ast.Name)):
+        return alloc.args[0].id, alloc.keywords[0].value.id
+    return None
+
+
 _ARITHMETIC = {"np.add", "np.subtract", "np.multiply", "np.true_divide", "np.matmul"}   # fresh results
 
 
@@ -839,6 +963,18 @@ def _outer(expr, ns):
 def _indexed(expr, ns):
     """(index source, gradient source) if ``expr`` is ``IndexedGrad(index, g)``, else None."""
     return _lazy_args(expr, ns, IndexedGrad)
+
+
+def _stack_steps(arrays):
+    """np.stack(arrays), without a copy when they are consecutive slices of one array (what the
+    forward saved as views of a hoisted buffer, then overwritten with the step's gradient)."""
+    first = arrays[0]
+    if len(arrays) > 1 and first.flags.c_contiguous:
+        start, step = first.ctypes.data, first.nbytes
+        if all(a.flags.c_contiguous and a.shape == first.shape and a.dtype == first.dtype
+               and a.ctypes.data == start + i * step for i, a in enumerate(arrays)):
+            return np.lib.stride_tricks.as_strided(first, (len(arrays),) + first.shape, (step,) + first.strides)
+    return np.stack(arrays)
 
 
 def _densify(gi, shape, dtype):

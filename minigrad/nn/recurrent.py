@@ -42,9 +42,9 @@ def lstm_step(x, state, U, W, b):
     h, c = state
     H = h.shape[-1]
     z = x @ U + b + h @ W             # x U + b does not depend on the carry: scan hoists it
+    g = z[..., 2 * H:3 * H].tanh()     # before the sigmoid, so z is dead once that has read it
     s = z.sigmoid()                    # the i, f, o gates in one pass (the g block's value is unused)
     i, f, o = s[..., :H], s[..., H:2 * H], s[..., 3 * H:]
-    g = z[..., 2 * H:3 * H].tanh()
     c = f * c + i * g
     h = o * c.tanh()
     return h, c
