@@ -966,14 +966,21 @@ def _indexed(expr, ns):
 
 
 def _stack_steps(arrays):
-    """np.stack(arrays), without a copy when they are consecutive slices of one array (what the
-    forward saved as views of a hoisted buffer, then overwritten with the step's gradient)."""
-    first = arrays[0]
-    if len(arrays) > 1 and first.flags.c_contiguous:
-        start, step = first.ctypes.data, first.nbytes
-        if all(a.flags.c_contiguous and a.shape == first.shape and a.dtype == first.dtype
-               and a.ctypes.data == start + i * step for i, a in enumerate(arrays)):
-            return np.lib.stride_tricks.as_strided(first, (len(arrays),) + first.shape, (step,) + first.strides)
+    """np.stack(arrays), without a copy when they are consecutive rows of one array (what the
+    forward saved as rows of a hoisted or output buffer, then overwritten with the step's gradient).
+
+    Rows of one base reach here in step order or as the same row every step: a traced body cannot
+    choose a row by the step index, only the generated code slices by t. So checking the base,
+    shapes and strides of all of them and the addresses of the first, second and last suffices
+    (an address costs ~1 us to read; T of them would cost more than the copy at small sizes)."""
+    first, n = arrays[0], len(arrays)
+    base = first.base
+    if n > 1 and base is not None and first.flags.c_contiguous:
+        shape, strides = first.shape, first.strides
+        if all(a.base is base and a.shape == shape and a.strides == strides for a in arrays):
+            start, step = first.ctypes.data, first.nbytes
+            if arrays[1].ctypes.data == start + step and arrays[-1].ctypes.data == start + (n - 1) * step:
+                return np.lib.stride_tricks.as_strided(first, (n,) + shape, (step,) + strides)
     return np.stack(arrays)
 
 
