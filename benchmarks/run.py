@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One LSTM training step, unrolled versus looped, against a hand-written numpy floor and peers.
 
-    python benchmarks/run.py              the full suite (about 15-30 minutes on 2 cores)
+    python benchmarks/run.py              the full suite (about 20-30 minutes on 2 cores)
     python benchmarks/run.py --quick      tiny and medium at T in 1, 10, 50: well under a minute
     python benchmarks/run.py --impl "numpy floor,minigrad looped" --size medium --T 50,200
 
@@ -481,10 +481,11 @@ def markdown(doc):
              f"Median of {doc['settings']['rounds']} rounds, each the median of repeated runs, every implementation "
              f"in its own process. Ratios are to the numpy floor and to torch.nn.LSTM in the same run. Peak MB: "
              f"extra memory during one step (tracemalloc; 'rss' where the library has its own allocator). "
-             f"Kept MB: memory held for backward after the forward.", "",
-             "| implementation | size | dtype | T | step ms | x floor | x torch fused | forward ms | peak MB "
-             "| kept MB | graph nodes | notes |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             f"Kept MB: memory held for backward after the forward.", ""]
+    lines += headline(doc["results"])
+    lines += ["| implementation | size | dtype | T | step ms | x floor | x torch fused | forward ms | peak MB "
+              "| kept MB | graph nodes | notes |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in doc["results"]:
         if r["status"] == "skipped":
             continue
@@ -499,6 +500,24 @@ def markdown(doc):
         lines += ["", "Targets (issue 5; float32):"]
         lines += [f"- {t['status']}: {t['target']}: {t['measured']}" for t in doc["targets"]]
     return "\n".join(lines)
+
+
+def headline(rows, T=50, dtype="float32"):
+    """One line per implementation, one column per size, at one T: 'ms (x floor)'."""
+    sizes = [s for s in IM.SIZES if _find(rows, "numpy floor", s, dtype, T)]
+    impls = [n for n in IM.IMPLS if any(_find(rows, n, s, dtype, T) for s in sizes)]
+    if not sizes or len(impls) < 2:
+        return []
+    out = [f"Training step at T = {T}, {dtype}: median ms (ratio to the numpy floor).", "",
+           "| implementation | " + " | ".join(f"{s} {IM.SIZES[s]}" for s in sizes) + " |",
+           "|---|" + "---:|" * len(sizes)]
+    for n in impls:
+        cells = []
+        for s in sizes:
+            r = _find(rows, n, s, dtype, T)
+            cells.append(f"{fmt(r['step_ms'])} (x{r['ratio_floor']:.2f})" if r and r.get("ratio_floor") else "")
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
+    return out + [""]
 
 
 def _find(rows, impl, size, dtype, T):
