@@ -841,7 +841,9 @@ class _Emitter:
             return None
         step_names = p._step_names()
         var_of = {p._ref(v, "step"): v for v in p.cls if p.cls[v] == "step"}
-        carried = {f"v{v}" for v in p.carry_in} | {p._ref(v, "step") for v in p.carry_out}
+        # carries flow into the next step; ys may be rows of the output the caller holds
+        carried = {f"v{v}" for v in p.carry_in} | {p._ref(m, "step") for v in (*p.carry_out, *p.ys_out)
+                                                     for m in p.sharing.get(v, {v}) if p.cls.get(m) == "step"}
         later = set().union(*(_names(b)[0] for b in self.B[line + 1:] if not b.startswith("@")))
         for n in ast.walk(node):
             name = n.id if isinstance(n, ast.Name) else None

@@ -780,3 +780,17 @@ def test_a_temporary_another_value_views_is_never_overwritten_in_place():
                                          mg.Tensor(rng.standard_normal((5, 2, 3))), [W])
     for a, b in zip(looped, plain):
         np.testing.assert_allclose(a, b, **TIGHT)
+
+
+def test_backward_never_writes_into_the_outputs_it_returned():
+    """The compiler lets a step's gradient take the buffer of a saved value that dies; an output
+    row (ys) or carry the caller holds must never be one of them."""
+    rng = np.random.default_rng(3)
+    W = mg.Tensor(rng.standard_normal((3, 3)) * 0.5, requires_grad=True)
+    for body in (lambda h, x: ((h @ W + x).tanh() * 0.5, (h @ W + x).tanh()),
+                 lambda h, x: (((h @ W + x) * 0.5).tanh(), (h @ W + x) * (h @ W + x))):
+        carry, ys = mg.scan(body, mg.Tensor(np.full((2, 3), 0.1)), mg.Tensor(rng.standard_normal((4, 2, 3))))
+        seen = (carry.data.copy(), ys.data.copy())
+        ((ys * ys).sum() + carry.sum()).backward()
+        np.testing.assert_array_equal(carry.data, seen[0])
+        np.testing.assert_array_equal(ys.data, seen[1])
