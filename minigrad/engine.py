@@ -264,6 +264,11 @@ class IndexedGrad:
     def __init__(self, index, grad):
         self.index, self.grad = index, grad
 
+    def dense(self, shape, dtype):
+        out = np.zeros(shape, dtype)
+        out[self.index] += self.grad
+        return out
+
 
 class OuterGrad:
     """The gradient ``a.T @ g`` of a product's second operand, not yet multiplied out.
@@ -413,7 +418,7 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                 if recorder is not None and k in recorder.watch and gi is not None and not reports:
                     recorder.add(p, t._op, getattr(t, "_step", None),
                                  unbroadcast(np.asarray(gi), p._data.shape) if type(gi) is not IndexedGrad
-                                 else _dense(gi, p._data))
+                                 else gi.dense(p._data.shape, p._data.dtype))
                 if type(gi) is IndexedGrad:
                     buf = grads.get(k)
                     if buf is None or id(buf) not in owned:
@@ -460,12 +465,6 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
 def active_trace():
     """The trace being recorded by ``scan`` on this thread, or None."""
     return _state.trace
-
-
-def _dense(gi, like):
-    out = np.zeros(like.shape, like.dtype)
-    out[gi.index] += gi.grad
-    return out
 
 
 def _accumulate_leaf(t, g, owned):

@@ -589,7 +589,7 @@ class _Program:
         nor anything sharing its memory is read afterwards (or saved or kept for backward)."""
         ufuncs = {ast.Add: "np.add", ast.Sub: "np.subtract", ast.Mult: "np.multiply", ast.Div: "np.true_divide"}
         names_of = {}                    # var -> its names in these lines
-        for v in self.vars and range(len(self.vars)):
+        for v in range(len(self.vars)):
             names_of[v] = {f"v{v}", f"H{v}", f"I{v}", self.name.get(v, f"v{v}"), f"h{v}"}
         scratch = {}                     # name -> var, for names whose array may be overwritten
         for v in self.fresh:
@@ -911,10 +911,10 @@ class _Emitter:
                 continue
             if info in ("indexed", "outer", ("unknown",)):      # not inlined: check at run time
                 lines.append(f"_gi = {expr}")
-                lines.append(f"if _gi.__class__ is _IndexedGrad: _gi = _densify(_gi, {p.vars[r][1]!r}, "
+                lines.append(f"if _gi.__class__ is _IndexedGrad: _gi = _gi.dense({p.vars[r][1]!r}, "
                              f"np.{p.vars[r][2].name})")
                 lines.append("if _gi.__class__ is _OuterGrad: _gi = _gi.dense()")
-                p.ns["_IndexedGrad"], p.ns["_densify"], p.ns["_OuterGrad"] = IndexedGrad, _densify, OuterGrad
+                p.ns["_IndexedGrad"], p.ns["_OuterGrad"] = IndexedGrad, OuterGrad
                 expr, info = "_gi", None
             fresh = False
             if ctx == "step" and p.cls[r] != "inv":
@@ -984,12 +984,6 @@ def _stack_steps(arrays):
             if arrays[1].ctypes.data == start + step and arrays[-1].ctypes.data == start + (n - 1) * step:
                 return np.lib.stride_tricks.as_strided(first, (n,) + shape, (step,) + strides)
     return np.stack(arrays)
-
-
-def _densify(gi, shape, dtype):
-    out = np.zeros(shape, dtype)
-    out[gi.index] += gi.grad
-    return out
 
 
 def _names(src):
@@ -1163,5 +1157,5 @@ def _replay_recording(recorder, replay, inputs, T, gc, gy, pattern):
 def _report(v, t, grad, op, index=None, like=None):
     """Called by recording programs for every per-step contribution to an outside tensor."""
     if index is not None:
-        grad = _densify(IndexedGrad(index, grad), like.shape, like.dtype)
+        grad = IndexedGrad(index, grad).dense(like.shape, like.dtype)
     _state.scan_contributions.append((v, t, np.array(grad), op))
