@@ -5,6 +5,7 @@
 ``mg.optim``, ``mg.save`` / ``mg.load``, ``mg.to_dot`` / ``mg.draw`` (a picture of the graph).
 """
 # ruff: noqa: F401, I001  (this file is the public namespace; nn comes after what it builds on)
+from . import allocator      # first: sets malloc up for repeated large steps (see its docstring)
 from .tensor import Tensor
 from . import ops
 from .engine import (Contribution, detect_anomaly, enable_grad, graph_size, is_grad_enabled, no_grad, primitive,
