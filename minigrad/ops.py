@@ -284,11 +284,54 @@ def _matmul_explain(a, b, **_):
     return None
 
 
+def _memory_order(a):
+    """The axes of ``a`` in the order its memory holds them (the last kept last), or None when
+    that is already their order. A time-major view of batch-major data (an RNN's input) read
+    in this order is contiguous, so its rows need no copy."""
+    lead = a.ndim - 1
+    order = sorted(range(lead), key=lambda i: -a.strides[i])      # stable: ties keep their order
+    return None if order == list(range(lead)) else tuple(order) + (lead,)
+
+
+def _rows(x, order):
+    """``x`` as a matrix of its rows, taken in ``order`` (from ``_memory_order``)."""
+    if order is not None:
+        x = x.transpose(order)
+    return x.reshape(-1, x.shape[-1])
+
+
+_BLOCK = 256 << 10     # bytes: the most _row_product copies at once
+
+
+def _row_product(a, g):
+    """``a.T @ g`` summed over all rows of two stacks with the same leading axes (the gradient of
+    a weight shared by every row). Rows are taken in the memory order of the larger operand; if
+    the other is laid out differently (an RNN's batch-major input against its time-major hidden
+    states), it is copied a block of rows at a time, never whole."""
+    order = _memory_order(a if a.nbytes >= g.nbytes else g)
+    if order is not None:
+        a, g = a.transpose(order), g.transpose(order)
+    if (a.flags.c_contiguous and g.flags.c_contiguous) or a.shape[0] == 1:
+        return _rows(a, None).T @ _rows(g, None)
+    small = a.nbytes if a.nbytes < g.nbytes else g.nbytes     # (max and min are ops in this module)
+    step = _BLOCK * a.shape[0] // small if small > _BLOCK else a.shape[0]
+    step = step if step > 0 else 1
+    out = None
+    for s in range(0, a.shape[0], step):
+        p = _rows(a[s:s + step], None).T @ _rows(g[s:s + step], None)
+        out = p if out is None else np.add(out, p, out=out)
+    return out
+
+
 def _mm(a, b):
     """a @ b; a stack of matrices times one matrix is one product on the stack's rows (numpy's
-    batched matmul would do one product per matrix, about 2x slower)."""
+    batched matmul would do one product per matrix, about 2x slower), taken in memory order so
+    a transposed view is not copied (the result is then the same view of a contiguous product)."""
     if b.ndim == 2 and a.ndim > 2:
-        return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[-1],))
+        order = _memory_order(a)
+        lead = a.shape if order is None else tuple(a.shape[i] for i in order)
+        out = (_rows(a, order) @ b).reshape(lead[:-1] + (b.shape[-1],))
+        return out if order is None else out.transpose(np.argsort(order))
     return a @ b
 
 
@@ -309,7 +352,7 @@ def _mm_grads(g, a, b, na, nb):
             ga = ga.reshape(-1, a.shape[0]).sum(0) if ga.ndim > 2 else ga[0]
     if nb:
         if b2.ndim == 2 and a2.ndim > 2:
-            gb = a2.reshape(-1, a2.shape[-1]).T @ g2.reshape(-1, g2.shape[-1])
+            gb = _row_product(a2, g2)
         else:
             gb = np.swapaxes(a2, -1, -2) @ g2
         if b.ndim == 1:

@@ -181,10 +181,15 @@ class _Program:
     local) a per-step value; gradients ``G{v}`` per step, ``GH{v}`` stacked, ``GI{v}`` invariant.
     """
 
-    def __init__(self, tr, carry_out, ys_out, recording=False):
+    def __init__(self, tr, carry_out, ys_out, recording=False, like=None):
+        """Compile from a trace, or (``like``: a program of the same structure) from what that
+        program learnt of its trace, which no call then needs to keep (see ``_replay_recording``)."""
         self.recording = recording     # step by step, reporting each step's contributions
-        self.vars = [(kind, t.shape, t.dtype, t.requires_grad) for kind, t in tr.vars]
-        self.ops = list(tr.ops)
+        if like is not None:
+            self.vars, self.ops, self.trial, fresh, sharing = like.analysis
+        else:
+            self.vars = [(kind, t.shape, t.dtype, t.requires_grad) for kind, t in tr.vars]
+            self.ops = list(tr.ops)
         self.carry_in = [v for v, (kind, *_) in enumerate(self.vars) if kind == "carry"]
         self.x_in = [v for v, (kind, *_) in enumerate(self.vars) if kind == "x"]
         self.outside = [v for v, (kind, *_) in enumerate(self.vars) if kind == "outside"]
@@ -193,19 +198,11 @@ class _Program:
         self.binders = {}              # name -> fn(trace) -> value, bound afresh at every call
         self.name = {}                 # per-step source name of a step var, when not v{v}
         self._classify()
-        self._trial(tr)
-        # vars whose value is an array the op allocated (not a view of anything): reusable as out=
-        # once nothing reads them, nor any var sharing their memory (a slice, a reshape, an identity)
-        self.fresh, self.sharing = set(), {}
-        for _prim, refs, _kw, out in tr.ops:
-            data = tr.vars[out][1]._data
-            shared = [r for r in refs if isinstance(r, int) and np.shares_memory(data, tr.vars[r][1]._data)]
-            for r in shared:
-                group = self.sharing.get(r, {r}) | self.sharing.get(out, {out})
-                for m in group:
-                    self.sharing[m] = group
-            if data.flags.owndata and data.ndim > 0 and not shared:
-                self.fresh.add(out)
+        if like is None:
+            self._trial(tr)
+            fresh, sharing = self._memory(tr)
+        self.fresh, self.sharing = set(fresh), sharing
+        self.analysis = (self.vars, self.ops, self.trial, fresh, sharing)
         self._instantiate()
         self.saved, self.stacked, self.kept = [], [], []
         self.backwards = {}
@@ -279,6 +276,23 @@ class _Program:
                          and not any(np.shares_memory(r, a) for a in seen))
                 info.append((r.shape, r.dtype, fresh))
             self.trial[k] = info
+
+    @staticmethod
+    def _memory(tr):
+        """Vars whose value is an array the op allocated (not a view of anything), reusable as
+        out= once nothing reads them, nor any var sharing their memory (a slice, a reshape, an
+        identity); and those groups of vars sharing memory."""
+        fresh, sharing = set(), {}
+        for _prim, refs, _kw, out in tr.ops:
+            data = tr.vars[out][1]._data
+            shared = [r for r in refs if isinstance(r, int) and np.shares_memory(data, tr.vars[r][1]._data)]
+            for r in shared:
+                group = sharing.get(r, {r}) | sharing.get(out, {out})
+                for m in group:
+                    sharing[m] = group
+            if data.flags.owndata and data.ndim > 0 and not shared:
+                fresh.add(out)
+        return fresh, sharing
 
     # ------------------------------------------------------------------ instantiation
     def _ref(self, r, ctx):
@@ -700,10 +714,10 @@ class _Emitter:
         shape, dtype = p.vars[r][1], p.vars[r][2]
         c = p.cls[r]
         if c == "inv" and ctx == "step" and p.recording and p.vars[r][0] == "outside":
-            self._inv(r)
+            self._inv(r, ctx)
             self.B += [f"_c = _ub({expr}, {shape!r})", f"GI{r} += _c", f"_report({r}, t, _c, {op!r})"]
         elif c == "inv":
-            self._inv(r)
+            self._inv(r, ctx)
             self.B.append(f"GI{r} += _ub({expr}, {shape!r})") if ctx == "step" else \
                 self.P.append(f"GI{r} += _ub({expr}, {shape!r})")
         elif ctx == "step":
@@ -739,10 +753,10 @@ class _Emitter:
         shape, dtype = p.vars[r][1], p.vars[r][2]
         c = p.cls[r]
         if c == "inv" and ctx == "step" and p.recording and p.vars[r][0] == "outside":
-            self._inv(r)
+            self._inv(r, ctx)
             self.B += [f"GI{r}[{index_src}] += {g_src}", f"_report({r}, t, {g_src}, {op!r}, {index_src}, GI{r})"]
         elif c == "inv":
-            self._inv(r)
+            self._inv(r, ctx)
             (self.B if ctx == "step" else self.P).append(f"GI{r}[{index_src}] += {g_src}")
         elif ctx == "step":
             # Held back until the gradient is read, so full-size contributions land first and
@@ -758,11 +772,14 @@ class _Emitter:
                 self.owned_stacked.add(r)
             self.P.append(f"GH{r}[{index_src}] += {g_src}")
 
-    def _inv(self, r):
+    def _inv(self, r, ctx):
+        """Allocate invariant var r's gradient: before the loop if a step adds to it, else just
+        before the first addition after the loop (all step contributions are emitted first), so
+        it does not sit in memory through the loop."""
         if r not in self.inv_g:
             self.inv_g.add(r)
             shape, dtype = self.p.vars[r][1], self.p.vars[r][2]
-            self.L.append(f"GI{r} = np.zeros({shape!r}, np.{dtype.name})")
+            (self.L if ctx == "step" else self.P).append(f"GI{r} = np.zeros({shape!r}, np.{dtype.name})")
 
     def has(self, r):
         """Does var r have a gradient in this step (so far)?"""
@@ -968,8 +985,9 @@ def _indexed(expr, ns):
 
 
 def _stack_steps(arrays):
-    """np.stack(arrays), without a copy when they are consecutive rows of one array (what the
-    forward saved as rows of a hoisted or output buffer, then overwritten with the step's gradient).
+    """np.stack(arrays), without a copy when they are evenly spaced rows of one array (what the
+    forward saved as rows of a hoisted or output buffer, then overwritten with the step's gradient;
+    a hoisted buffer of a batch-major input is a time-major view, its rows strided).
 
     Rows of one base reach here in step order or as the same row every step: a traced body cannot
     choose a row by the step index, only the generated code slices by t. So checking the base,
@@ -977,13 +995,28 @@ def _stack_steps(arrays):
     (an address costs ~1 us to read; T of them would cost more than the copy at small sizes)."""
     first, n = arrays[0], len(arrays)
     base = first.base
-    if n > 1 and base is not None and first.flags.c_contiguous:
+    if n > 1 and base is not None:
         shape, strides = first.shape, first.strides
         if all(a.base is base and a.shape == shape and a.strides == strides for a in arrays):
-            start, step = first.ctypes.data, first.nbytes
-            if arrays[1].ctypes.data == start + step and arrays[-1].ctypes.data == start + (n - 1) * step:
+            start = first.ctypes.data
+            step = arrays[1].ctypes.data - start
+            if arrays[-1].ctypes.data == start + (n - 1) * step and _disjoint((n,) + shape, (step,) + strides):
                 return np.lib.stride_tricks.as_strided(first, (n,) + shape, (step,) + strides)
     return np.stack(arrays)
+
+
+def _disjoint(shape, strides):
+    """Whether a strided layout gives every element its own address: taken by increasing
+    stride, each axis steps past the whole extent of the ones before it. (Rows of a time-major
+    view of a batch-major buffer pass, as do consecutive rows of a contiguous one.)"""
+    reach = 0
+    for stride, n in sorted(zip(strides, shape)):
+        if n == 1:
+            continue
+        if stride <= reach:
+            return False
+        reach = stride * (n - 1) + reach
+    return True
 
 
 def _names(src):
@@ -1070,18 +1103,21 @@ def scan(fn, init, xs=None, length=None):
     need = grad_mode and any(t.requires_grad for t in inputs)
     outs = [Tensor(np.asarray(a)) for a in (*carry, *ys)]
     if need:
-        _record(prog, K, kept, saved, T, inputs, outs, len(carry), (key, tr, carry_out, ys_out, arrays))
+        # what a recording backward needs to replay this call: not the trace, whose step-0
+        # arrays would stay alive with the graph (the constants it bound are in tr.ops)
+        _record(prog, K, kept, saved, T, inputs, outs, len(carry), (prog, key, tr.ops, carry_out, ys_out, arrays))
     new_carry = _unflatten(outs[:len(carry)], carry_struct)
     ys_t = _unflatten(outs[len(carry):], ys_struct)
     return new_carry, ys_t
 
 
-def _program(key, tr, carry_out, ys_out, recording=False):
-    """The compiled program for a trace's structure, from the cache or newly built."""
+def _program(key, tr, carry_out, ys_out, recording=False, like=None):
+    """The compiled program for a trace's structure, from the cache or newly built (from the trace,
+    or from ``like``, a program of the same structure)."""
     key = (key, recording)
     prog = _cache.get(key)
     if prog is None:
-        prog = _Program(tr, carry_out, ys_out, recording)
+        prog = _Program(tr, carry_out, ys_out, recording, like)
         _cache[key] = prog
         if len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
@@ -1132,9 +1168,9 @@ def _replay_recording(recorder, replay, inputs, T, gc, gy, pattern):
     """Backward through a scan while contributions are being recorded: rerun the loop compiled
     step by step (no hoisting, no deferred products), reporting each step's share of every
     outside tensor's gradient. The gradients returned are the same."""
-    key, tr, carry_out, ys_out, arrays = replay
-    prog = _program(key, tr, carry_out, ys_out, recording=True)
-    K = prog.bind(tr)
+    main, key, ops, carry_out, ys_out, arrays = replay
+    prog = _program(key, None, carry_out, ys_out, recording=True, like=main)
+    K = prog.bind(_Ops(ops))
     _, _, kept, saved = prog.forward(K, *arrays, T)
     found = []
     _state.scan_contributions = found
@@ -1152,6 +1188,14 @@ def _replay_recording(recorder, replay, inputs, T, gc, gy, pattern):
         if g is not None and id(x) in recorder.watch:
             recorder.add(x, "scan", None if i < n_init else "all", g)
     return (*g_init, *g_xs, *g_out)
+
+
+class _Ops:
+    """A trace's ops without its vars: all that binding a program's per-call values reads."""
+    __slots__ = ("ops",)
+
+    def __init__(self, ops):
+        self.ops = ops
 
 
 def _report(v, t, grad, op, index=None, like=None):
