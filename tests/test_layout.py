@@ -1,8 +1,8 @@
-"""Memory layout: a batch-major input read time-major without copies, and the looped LSTM's memory.
+"""Memory layout: a batch-major input read time-major, and the looped LSTM's memory.
 
 An RNN layer takes (batch, time, features) and runs over time, so its scan sees a transposed view.
-The products over all steps (the input projection, the weights' gradients) take rows in memory
-order instead of copying the view, and the step rows of such a buffer stack back without a copy.
+A weight's gradient over all steps takes rows in memory order, copying a mismatched operand a block
+at a time, never whole; step rows of a strided buffer stack back without a copy.
 """
 import gc
 import sys
@@ -52,11 +52,13 @@ def test_gradcheck_through_a_transposed_stack_times_a_matrix(monkeypatch):
     assert mg.gradcheck(lambda x, W: (x.transpose(1, 0, 2) @ W).tanh(), (x, W))
 
 
-def test_projection_of_a_transposed_view_is_a_view_of_one_contiguous_product():
+def test_projection_of_a_transposed_view_is_contiguous_in_its_logical_order():
+    """The hoisted input projection is read one step at a time: its step rows are contiguous."""
     xb = rng.standard_normal((5, 7, 3))             # batch-major
-    out = ops._mm(xb.transpose(1, 0, 2), rng.standard_normal((3, 4)))
-    assert out.shape == (7, 5, 4)
-    assert out.transpose(1, 0, 2).flags.c_contiguous   # the product's rows in the input's order
+    U = rng.standard_normal((3, 4))
+    out = ops._mm(xb.transpose(1, 0, 2), U)
+    assert out.shape == (7, 5, 4) and out.flags.c_contiguous
+    np.testing.assert_allclose(out, np.einsum("btk,kn->tbn", xb, U), rtol=1e-12)
 
 
 def test_weight_gradient_copies_at_most_a_block_of_the_mismatched_operand(monkeypatch):
