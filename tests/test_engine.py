@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import math
+import sys
 import threading
 import warnings
 import weakref
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 
 import minigrad as mg
+
+engine = sys.modules["minigrad.engine"]
 
 # ---------------------------------------------------------------- shared use accumulates
 
@@ -441,3 +444,24 @@ def test_a_vjp_returning_the_wrong_number_of_gradients_is_an_error():
     y = two_inputs(mg.Tensor([1.0], requires_grad=True), mg.Tensor([2.0], requires_grad=True))
     with pytest.raises(RuntimeError, match="two_inputs: vjp returned 1 gradients for 2 inputs"):
         y.sum().backward()
+
+
+@pytest.mark.parametrize("rows", [1, 6, 7, 4096], ids=lambda r: f"flush every {r} rows")
+def test_weight_gradients_of_many_uses_multiplied_out_in_blocks(rows, monkeypatch):
+    """A leaf weight used by T products gets its gradient as stacked products, a block of rows at a
+    time; two weights fed the same per-step gradient share one concatenation. Checked against
+    finite differences, with blocks that split the steps every way."""
+    monkeypatch.setattr(engine._Outer, "ROWS", rows)
+    rng = np.random.default_rng(3)
+    xs = [mg.Tensor(rng.standard_normal((3, 4))) for _ in range(7)]
+    cs = [mg.Tensor(rng.standard_normal((3, 2))) for _ in range(7)]
+
+    def f(W, V):
+        total = 0.0
+        for t, (x, c) in enumerate(zip(xs, cs)):
+            total = total + ((x @ W + c @ V) * (t + 1)).tanh().sum()    # the same g reaches W and V
+        return total
+
+    W = mg.Tensor(rng.standard_normal((4, 5)) * 0.3, requires_grad=True)
+    V = mg.Tensor(rng.standard_normal((2, 5)) * 0.3, requires_grad=True)
+    assert mg.gradcheck(f, (W, V))

@@ -702,3 +702,28 @@ def test_float32_layers_agree_with_float64():
         np.testing.assert_allclose(x.grad, ref["dx"], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(lstm.U.grad, ref["dU"], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(lstm.W.grad, ref["dW"], rtol=1e-4, atol=1e-5)
+
+
+def test_unrolled_loop_pauses_the_cyclic_collector_and_restores_it():
+    """The unrolled loop builds T steps of acyclic graph: the collector is paused while it runs
+    (its passes over the growing graph made the per-step cost grow with T), then restored."""
+    import gc
+    seen = []
+
+    class Probe(mg.nn.RNN):
+        @staticmethod
+        def step(x, state, U, W, b):
+            seen.append(gc.isenabled())
+            return mg.nn.rnn_step(x, state, U, W, b)
+
+    layer = Probe(2, 3, unroll=True, dtype=np.float64)
+    x = mg.Tensor(np.ones((1, 4, 2)))
+    assert gc.isenabled()
+    layer(x)
+    assert seen == [False] * 4 and gc.isenabled()
+    gc.disable()
+    try:
+        layer(x)
+        assert not gc.isenabled()          # a caller's own setting is left as it was
+    finally:
+        gc.enable()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
-from ..engine import timestep
+from ..engine import gc_paused, timestep
 from ..scan import scan
 from ..tensor import Tensor
 from . import init
@@ -243,10 +243,11 @@ class _Layer(_Recurrent):
 
         if self.unroll:
             ys = []
-            for t in range(T):
-                with timestep(t):           # tags this step's ops for mg.record_contributions
-                    state, y = body(state, xs[t] if mask is None else (xs[0][t], xs[1][t]))
-                ys.append(y)
+            with gc_paused():                # T steps of nodes: no cycles for the collector to find
+                for t in range(T):
+                    with timestep(t):           # tags this step's ops for mg.record_contributions
+                        state, y = body(state, xs[t] if mask is None else (xs[0][t], xs[1][t]))
+                    ys.append(y)
             ys = F.stack(ys, 0) if want_ys else None
         else:
             state, ys = scan(body, state, xs)
