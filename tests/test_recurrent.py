@@ -504,8 +504,8 @@ def test_masked_step_keeps_the_state_and_outputs_zero(p, data):
             _, *now = layer(mg.Tensor(p.x[:, :t + 1]), initial_state=init, mask=mask[:, :t + 1])
             now = [s.numpy() for s in now]
             off = ~mask[:, t]
-            for a, b in zip(now, prev):
-                np.testing.assert_allclose(a[off], b[off], rtol=1e-14, atol=0)
+            for a, b in zip(now, prev):        # runs of different lengths: BLAS may round the
+                np.testing.assert_allclose(a[off], b[off], **TIGHT)   # hoisted product differently
             np.testing.assert_allclose(ys.numpy()[mask[:, t], t], now[0][mask[:, t]], **TIGHT)
             prev = now
 
