@@ -195,7 +195,7 @@ def apply(prim: Primitive, args, kwargs):
     arrays, parents = [], []
     need = False
     for a in args:                      # one plain loop: cheaper than comprehensions for 1-3 operands
-        if isinstance(a, Tensor):
+        if type(a) is Tensor or isinstance(a, Tensor):
             arrays.append(a._data)
             if a.requires_grad:
                 need = True
@@ -204,10 +204,16 @@ def apply(prim: Primitive, args, kwargs):
         else:
             arrays.append(a)
         parents.append(None)
-    if need and not _state.grad:
+    state = _state
+    if need and not state.grad:
         need = False
     if prim.wants_needs:
-        kwargs["needs_grad"] = tuple([p is not None for p in parents]) if need else (False,) * len(args)
+        if not need:
+            kwargs["needs_grad"] = (False,) * len(args)
+        elif len(parents) == 2:         # the common case, without a comprehension's frame
+            kwargs["needs_grad"] = (parents[0] is not None, parents[1] is not None)
+        else:
+            kwargs["needs_grad"] = tuple([p is not None for p in parents])
     try:
         out, vjp = prim.fn(*arrays, **kwargs)
     except (ValueError, TypeError, IndexError) as err:
@@ -223,17 +229,20 @@ def apply(prim: Primitive, args, kwargs):
         t._vjp = vjp
         t._op = prim.name
         t._epoch = _epoch[0]
-        if _state.step is not None:
-            t._step = _state.step
+        step = state.step
+        if step is not None:
+            t._step = step
     else:
         t.requires_grad = False
         t._parents = ()
         t._vjp = t._op = None
-    if _state.trace is not None:
-        _state.trace.record(prim, args, kwargs, t)
-    if _state.anomaly:
+    trace = state.trace
+    if trace is not None:
+        trace.record(prim, args, kwargs, t)
+    if state.anomaly:
         _check_finite(out, f"forward of op '{prim.name}'")
     return t
+
 
 
 # ---------------------------------------------------------------------------- backward
