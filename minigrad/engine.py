@@ -244,7 +244,6 @@ def apply(prim: Primitive, args, kwargs):
     return t
 
 
-
 # ---------------------------------------------------------------------------- backward
 
 def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:

@@ -293,10 +293,8 @@ def _memory_order(a):
     return None if order == list(range(lead)) else tuple(order) + (lead,)
 
 
-def _rows(x, order):
-    """``x`` as a matrix of its rows, taken in ``order`` (from ``_memory_order``)."""
-    if order is not None:
-        x = x.transpose(order)
+def _rows(x):
+    """``x`` as a matrix of its rows (a view when its leading axes are contiguous)."""
     return x.reshape(-1, x.shape[-1])
 
 
@@ -312,13 +310,13 @@ def _row_product(a, g):
     if order is not None:
         a, g = a.transpose(order), g.transpose(order)
     if (a.flags.c_contiguous and g.flags.c_contiguous) or a.shape[0] == 1:
-        return _rows(a, None).T @ _rows(g, None)
+        return _rows(a).T @ _rows(g)
     small = a.nbytes if a.nbytes < g.nbytes else g.nbytes     # (max and min are ops in this module)
     step = _BLOCK * a.shape[0] // small if small > _BLOCK else a.shape[0]
     step = step if step > 0 else 1
     out = None
     for s in range(0, a.shape[0], step):
-        p = _rows(a[s:s + step], None).T @ _rows(g[s:s + step], None)
+        p = _rows(a[s:s + step]).T @ _rows(g[s:s + step])
         out = p if out is None else np.add(out, p, out=out)
     return out
 
