@@ -308,10 +308,11 @@ class _Program:
         return name
 
     def _constant(self, value):
-        """Bind a compile-time value that has no literal form (a dtype) to a name."""
+        """Bind a compile-time value that has no literal form (a dtype, a constant array) to a name."""
         name = f"C_obj{len([n for n in self.ns if n.startswith('C_obj')])}"
         for existing, v in self.ns.items():
-            if existing.startswith("C_obj") and type(v) is type(value) and v == value:
+            if existing.startswith("C_obj") and type(v) is type(value) and (
+                    v is value if type(v) is np.ndarray else v == value):
                 return existing
         self.ns[name] = value
         return name

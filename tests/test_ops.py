@@ -381,6 +381,21 @@ def test_sigmoid_keeps_relative_accuracy_in_the_negative_tail(dtype, xs, rtol):
     np.testing.assert_allclose(mg.Tensor(x).sigmoid().data, exact, rtol=rtol, atol=0)
 
 
+@pytest.mark.parametrize("shape", [(), (7,), (3, 5), (2, 3, 4), (1 << 19,)])   # the last is over the cap
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_clip_constant_serves_every_shape_and_dtype(shape, dtype):
+    # the clip reads a cached constant per (shape, dtype); the largest shape clips against a scalar
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 300).astype(dtype)
+    for _ in range(2):                                  # the second call reads the cached constant
+        y = _no_warnings(lambda: mg.Tensor(x).sigmoid().data)
+        assert y.shape == x.shape and y.dtype == dtype
+        exact = np.exp(-np.logaddexp(0.0, -x.astype(np.float64)))
+        floor = np.finfo(dtype).tiny                    # below exp's overflow: clipped, as good as 0
+        np.testing.assert_allclose(np.where(exact < floor, 0, y), np.where(exact < floor, 0, exact), rtol=1e-5)
+        assert np.all(y[exact < floor] < floor)
+
+
 @pytest.mark.parametrize("shift", [1000.0, -1000.0])
 def test_logsumexp_softmax_log_softmax_are_stable_for_large_inputs(shift):
     base = np.array([[0.0, 1.0, -2.0], [3.0, 3.0, 0.5]])
