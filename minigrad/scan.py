@@ -1063,6 +1063,40 @@ def scan(fn, init, xs=None, length=None):
     documented difference: a random draw inside the body (``Dropout``) is made once per call, when
     the body is traced, and the same mask serves every step (as Keras's recurrent dropout does).
     """
+    return _scan(fn, init, xs, length)
+
+
+class TraceMemo:
+    """The last trace of a caller whose body reads nothing but what it names: the recurrent
+    layers, whose body reads the cell function and the layer's parameters. Passed to ``_scan``
+    with those (``statics`` compared by value, ``reads`` by identity), it lets a call with the same
+    ones and the same input structure reuse the compiled program and the trace's bindings instead
+    of tracing again (~50 us at tiny size, ~0.2 ms at medium). Anything else, a rebinding of a
+    parameter included, traces afresh. ``scan`` itself never uses one: it cannot know what an
+    arbitrary body reads."""
+
+    __slots__ = ("statics", "reads", "entry")
+
+    def __init__(self):
+        self.statics, self.reads, self.entry = None, (), None
+
+    def __copy__(self):
+        return TraceMemo()          # a copied layer has parameters of its own: it traces afresh
+
+    def __deepcopy__(self, _memo):
+        return TraceMemo()
+
+    def get(self, statics, reads):
+        if self.entry is not None and statics == self.statics and len(reads) == len(self.reads) \
+                and all(a is b for a, b in zip(reads, self.reads)):
+            return self.entry
+        return None
+
+    def put(self, statics, reads, entry):
+        self.statics, self.reads, self.entry = statics, tuple(reads), entry
+
+
+def _scan(fn, init, xs, length, memo=None, statics=None, reads=()):
     if active_trace() is not None:
         raise NotImplementedError("scan: a scan inside a scan body is not supported; unroll the inner loop")
     init_flat, carry_struct = _flatten(init, "init")
@@ -1083,30 +1117,40 @@ def scan(fn, init, xs=None, length=None):
         raise ValueError("scan: needs at least one step")
 
     grad_mode = is_grad_enabled()
-    # A carry needs grad if init does or the body makes it so (it reads a parameter): assume it
-    # does, which is right for every recurrent layer and saves a second trace; a carry that
-    # turns out not to only costs a gradient nobody reads.
-    carry_rg = [grad_mode and t.dtype.kind == "f" for t in init_flat]
-    while True:
-        tr, carry_out, ys_out, ys_struct, out_rg = _trace(fn, init_flat, xs_flat, xs_struct, carry_struct, carry_rg)
-        new_rg = [a or b for a, b in zip(carry_rg, out_rg)]
-        if new_rg == carry_rg:
-            break
-        carry_rg = new_rg
-
-    key = _structure(tr, carry_out, ys_out, grad_mode)
-    prog = _program(key, tr, carry_out, ys_out)
-    K = prog.bind(tr)
-    outside = [tr.vars[v][1] for v in prog.outside]
+    entry = None
+    if memo is not None:
+        statics = (statics, grad_mode, carry_struct, xs_struct,     # a step's shapes: any length will do
+                   tuple([(t._data.shape, t._data.dtype, t.requires_grad) for t in init_flat]),
+                   tuple([(t._data.shape[1:], t._data.dtype, t.requires_grad) for t in xs_flat]))
+        entry = memo.get(statics, reads)
+    if entry is None:
+        # A carry needs grad if init does or the body makes it so (it reads a parameter): assume
+        # it does, which is right for every recurrent layer and saves a second trace; a carry
+        # that turns out not to only costs a gradient nobody reads.
+        carry_rg = [grad_mode and t.dtype.kind == "f" for t in init_flat]
+        while True:
+            tr, carry_out, ys_out, ys_struct, out_rg = _trace(fn, init_flat, xs_flat, xs_struct, carry_struct,
+                                                              carry_rg)
+            new_rg = [a or b for a, b in zip(carry_rg, out_rg)]
+            if new_rg == carry_rg:
+                break
+            carry_rg = new_rg
+        key = _structure(tr, carry_out, ys_out, grad_mode)
+        prog = _program(key, tr, carry_out, ys_out)
+        # what binding this call's values and a recording backward need: not the trace, whose
+        # step-0 arrays would stay alive (the constants it bound are in tr.ops)
+        entry = (prog, key, _Ops(tr.ops), carry_out, ys_out, ys_struct, [tr.vars[v][1] for v in prog.outside])
+        if memo is not None:
+            memo.put(statics, reads, entry)
+    prog, key, ops, carry_out, ys_out, ys_struct, outside = entry
+    K = prog.bind(ops)
     arrays = ([t._data for t in outside], [x._data for x in xs_flat], [c._data for c in init_flat])
     carry, ys, kept, saved = prog.forward(K, *arrays, T)
     inputs = init_flat + xs_flat + outside
     need = grad_mode and any(t.requires_grad for t in inputs)
     outs = [Tensor(np.asarray(a)) for a in (*carry, *ys)]
     if need:
-        # what a recording backward needs to replay this call: not the trace, whose step-0
-        # arrays would stay alive with the graph (the constants it bound are in tr.ops)
-        _record(prog, K, kept, saved, T, inputs, outs, len(carry), (prog, key, tr.ops, carry_out, ys_out, arrays))
+        _record(prog, K, kept, saved, T, inputs, outs, len(carry), (prog, key, ops, carry_out, ys_out, arrays))
     new_carry = _unflatten(outs[:len(carry)], carry_struct)
     ys_t = _unflatten(outs[len(carry):], ys_struct)
     return new_carry, ys_t
@@ -1171,7 +1215,7 @@ def _replay_recording(recorder, replay, inputs, T, gc, gy, pattern):
     outside tensor's gradient. The gradients returned are the same."""
     main, key, ops, carry_out, ys_out, arrays = replay
     prog = _program(key, None, carry_out, ys_out, recording=True, like=main)
-    K = prog.bind(_Ops(ops))
+    K = prog.bind(ops)
     _, _, kept, saved = prog.forward(K, *arrays, T)
     found = []
     _state.scan_contributions = found

@@ -727,3 +727,63 @@ def test_unrolled_loop_pauses_the_cyclic_collector_and_restores_it():
         assert not gc.isenabled()          # a caller's own setting is left as it was
     finally:
         gc.enable()
+
+
+def test_looped_layer_reuses_its_trace_until_what_its_body_reads_changes(monkeypatch):
+    """A looped layer keeps its last trace (``scan.TraceMemo``): its body reads only the cell
+    function and U, W, b. A call with other parameter objects, another cell, other input
+    structure or grad mode must trace afresh; values (``set_weights``, ``.data``) are read per call."""
+    import copy
+    scan_module = sys.modules["minigrad.scan"]
+    traces = []
+    real_trace = scan_module._trace
+    monkeypatch.setattr(scan_module, "_trace", lambda *a: traces.append(1) or real_trace(*a))
+    rng = np.random.default_rng(5)
+    I, H = 3, 4
+
+    class Cell(nn.LSTM):
+        step = staticmethod(nn.lstm_step)
+
+    layer = Cell(I, H, return_sequences=True, dtype=F64)
+    layer.set_weights(random_weights("lstm", I, H, rng))
+    x = mg.Tensor(rng.standard_normal((2, 5, I)))
+
+    def check(lay, x, n_traces, **kw):
+        """Output and U's gradient equal an unrolled twin's (built from the same weights)."""
+        twin = nn.LSTM(I, H, return_sequences=True, unroll=True, dtype=F64)
+        twin.set_weights(lay.get_weights())
+        lay.zero_grad()
+        out = lay(x, **kw)
+        out.sum().backward()
+        ref = twin(x, **kw)
+        ref.sum().backward()
+        assert len(traces) == n_traces
+        np.testing.assert_allclose(out.numpy(), ref.numpy(), **TIGHT)
+        np.testing.assert_allclose(lay.U.grad, twin.U.grad, **TIGHT)
+
+    check(layer, x, 1)
+    check(layer, x, 1)                                          # reused
+    check(layer, mg.Tensor(rng.standard_normal((2, 9, I))), 1)  # another length: the same program
+    layer.set_weights(random_weights("lstm", I, H, rng))        # new values, same Parameter objects
+    check(layer, x, 1)
+    old_U, old_grad = layer.U, layer.U.grad.copy()
+    layer.U = nn.Parameter(rng.standard_normal((I, 4 * H)))     # a rebinding: traced again
+    check(layer, x, 2)
+    np.testing.assert_array_equal(old_U.grad, old_grad)        # nothing reached the old parameter
+    check(layer, mg.Tensor(rng.standard_normal((3, 5, I))), 3)  # another batch size
+    check(layer, x, 4, mask=np.ones((2, 5), bool))              # a mask: another body
+    with mg.no_grad():
+        out = layer(x)
+    assert len(traces) == 5 and not out.requires_grad
+    check(layer, x, 6)                                          # grad mode again: not the no_grad program
+    twin = copy.deepcopy(layer)                                 # its own parameters, its own trace
+    check(twin, x, 7)
+    assert twin.U is not layer.U and twin.U.grad is not None
+    Cell.step = staticmethod(lambda x, state, U, W, b: tuple(0.5 * s for s in nn.lstm_step(x, state, U, W, b)))
+    out = layer(x)                                              # another cell function: traced again
+    assert len(traces) == 8
+    halved = Cell(I, H, return_sequences=True, unroll=True, dtype=F64)
+    halved.set_weights(layer.get_weights())
+    np.testing.assert_allclose(out.numpy(), halved(x).numpy(), **TIGHT)
+    Cell.step = staticmethod(nn.lstm_step)
+    assert not np.allclose(out.numpy(), layer(x).numpy())

@@ -9,7 +9,9 @@ first axis to their last. Three things call it:
   ops, every one of them reading the same ``U``, ``W``, ``b`` Parameter objects, so the engine's
   ordinary accumulation sums every step's contribution into each parameter's ``.grad``;
 * the layers with ``unroll=False`` (the default): ``mg.scan`` over the same function, one graph
-  node whatever the length, compiled from the same primitives, with the same gradients.
+  node whatever the length, compiled from the same primitives, with the same gradients. A layer
+  keeps its last trace (``scan.TraceMemo``) while the cell function and the U, W, b objects stay
+  the same: its body reads nothing else, and their values are read afresh at every call.
 
 Truncated BPTT / stateful use: pass the previous chunk's final states, detached, as
 ``initial_state`` (``return_state=True`` gives them)::
@@ -26,7 +28,7 @@ import numpy as np
 
 from .. import functional as F
 from ..engine import gc_paused, timestep
-from ..scan import scan
+from ..scan import TraceMemo, _scan
 from ..tensor import Tensor
 from . import init
 from .module import Module, Parameter
@@ -211,6 +213,7 @@ class _Layer(_Recurrent):
                  unit_forget_bias=True):
         super().__init__(input_size, hidden_size, dtype, unit_forget_bias)
         self.return_sequences, self.return_state, self.unroll = bool(return_sequences), bool(return_state), bool(unroll)
+        self._memo = TraceMemo()     # the looped body reads only the cell and U, W, b: see TraceMemo
 
     def forward(self, x, initial_state=None, mask=None):
         """``x``: (batch, time, features). ``mask``: (batch, time) booleans, False where a step
@@ -250,7 +253,7 @@ class _Layer(_Recurrent):
                     ys.append(y)
             ys = F.stack(ys, 0) if want_ys else None
         else:
-            state, ys = scan(body, state, xs)
+            state, ys = _scan(body, state, xs, None, self._memo, (step, mask is None, want_ys), params)
         out = ys.transpose(1, 0, 2) if want_ys else state[0]
         return (out, *state) if self.return_state else out
 
