@@ -334,6 +334,16 @@ class _Outer:
         self.total = part if self.total is None else np.add(self.total, part, out=self.total)
 
 
+class FreshGrad:
+    """A gradient array the vjp allocated itself and returns nowhere else (scan's parameter
+    gradients): the engine may add into it in place and hand it to a leaf without a copy."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array):
+        self.array = array
+
+
 def _freed(g):
     raise AssertionError("unreachable")   # identity marks a node whose saved arrays were released
 
@@ -475,8 +485,12 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                         _check_finite(np.asarray(gi.grad), f"backward of op '{t._op}'")
                     buf[gi.index] += gi.grad
                 elif gi is not None:
+                    fresh = False
                     if type(gi) is not np.ndarray:
-                        gi = np.asarray(gi)
+                        if type(gi) is FreshGrad:
+                            gi, fresh = gi.array, True
+                        else:
+                            gi = np.asarray(gi)
                     data = p._data
                     if gi.shape != data.shape:
                         try:
@@ -491,6 +505,8 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                     prev = grads.get(k)
                     if prev is None:
                         grads[k] = gi
+                        if fresh:
+                            owned.add(id(gi))
                     elif id(prev) in owned:
                         np.add(prev, gi, out=prev)
                     else:

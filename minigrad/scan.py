@@ -34,7 +34,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .engine import IndexedGrad, OuterGrad, _freed, active_trace, is_grad_enabled, unbroadcast
+from .engine import FreshGrad, IndexedGrad, OuterGrad, _freed, active_trace, is_grad_enabled, unbroadcast
 from .inline import NotInlinable, source_of
 from .ops import ELEMENTWISE, INDEX, MATMUL, _is_basic
 from .tensor import Tensor, _state
@@ -1186,7 +1186,8 @@ def _record(prog, K, kept, saved, T, inputs, outs, n_carry, replay):
             grads = _replay_recording(recorder, replay, inputs, T, gc, gy, pattern)
         else:
             g_init, g_xs, g_out = prog.backward(pattern, not _state.retain_graph)(K, kept, saved, T, gc, gy)
-            grads = (*g_init, *g_xs, *g_out)
+            # the outside tensors' gradients are buffers the program allocated (GI = np.zeros)
+            grads = (*g_init, *g_xs, *[g if g is None else FreshGrad(g) for g in g_out])
         return grads
 
     hub_vjp.reports_contributions = True

@@ -161,6 +161,34 @@ def test_leaf_grad_is_not_an_alias_of_a_caller_array():
     np.testing.assert_array_equal(seed, [1.0, 1.0])
 
 
+def test_a_fresh_gradient_reaches_the_leaf_without_a_copy_and_others_are_copied():
+    """A vjp may mark an array it allocated itself as ``FreshGrad`` (scan does, for parameter
+    gradients): the leaf then keeps that array, and a second use adds into it in place. A plain
+    returned array may be referenced elsewhere (here: the vjp's own saved array), so the leaf
+    gets a copy."""
+    from minigrad.engine import FreshGrad
+    made, kept = [], []
+
+    @mg.primitive
+    def scale(x, *, fresh):
+        def vjp(g):
+            out = 3.0 * g
+            made.append(out)
+            kept.append(out)                 # the vjp keeps a reference: not fresh for the engine
+            return (FreshGrad(out) if fresh else out,)
+        return 3.0 * x, vjp
+
+    for fresh in (True, False):
+        made.clear()
+        w = mg.Tensor([1.0, 2.0], requires_grad=True)
+        (scale(w, fresh=fresh).sum() + scale(w, fresh=fresh).sum() * 2).backward()
+        np.testing.assert_array_equal(w.grad, [9.0, 9.0])            # 3 + 2 * 3, each element
+        assert (w.grad is made[0] or w.grad is made[1]) == fresh
+        for arr in made:                     # what the vjps kept is unchanged unless it was handed over
+            if arr is not w.grad:
+                assert set(arr.tolist()) <= {3.0, 6.0}
+
+
 # ---------------------------------------------------------------- in-place changes
 
 def test_inplace_change_of_a_saved_input_makes_backward_raise():
