@@ -776,12 +776,23 @@ def test_looped_layer_reuses_its_trace_until_what_its_body_reads_changes(monkeyp
         out = layer(x)
     assert len(traces) == 5 and not out.requires_grad
     check(layer, x, 6)                                          # grad mode again: not the no_grad program
+    layer.W.requires_grad_(False)                               # frozen: a program without W's gradient
+    layer.zero_grad()
+    layer(x).sum().backward()
+    assert len(traces) == 7 and layer.W.grad is None
+    layer.W.requires_grad_(True)                                # unfrozen: W must get its gradient again
+    layer.zero_grad()
+    check(layer, x, 8)
+    twin_W = nn.LSTM(I, H, return_sequences=True, unroll=True, dtype=F64)
+    twin_W.set_weights(layer.get_weights())
+    twin_W(x).sum().backward()
+    np.testing.assert_allclose(layer.W.grad, twin_W.W.grad, **TIGHT)
     twin = copy.deepcopy(layer)                                 # its own parameters, its own trace
-    check(twin, x, 7)
+    check(twin, x, 9)
     assert twin.U is not layer.U and twin.U.grad is not None
     Cell.step = staticmethod(lambda x, state, U, W, b: tuple(0.5 * s for s in nn.lstm_step(x, state, U, W, b)))
     out = layer(x)                                              # another cell function: traced again
-    assert len(traces) == 8
+    assert len(traces) == 10
     halved = Cell(I, H, return_sequences=True, unroll=True, dtype=F64)
     halved.set_weights(layer.get_weights())
     np.testing.assert_allclose(out.numpy(), halved(x).numpy(), **TIGHT)
