@@ -1070,10 +1070,10 @@ class TraceMemo:
     """The last trace of a caller whose body reads nothing but what it names: the recurrent
     layers, whose body reads the cell function and the layer's parameters. Passed to ``_scan``
     with those (``statics`` compared by value, ``reads`` by identity, and their shapes, dtypes and
-    requires_grad), it lets a call with the same ones and the same input structure reuse the compiled program and the trace's bindings instead
-    of tracing again (~50 us at tiny size, ~0.2 ms at medium). Anything else, a rebinding of a
-    parameter included, traces afresh. ``scan`` itself never uses one: it cannot know what an
-    arbitrary body reads."""
+    requires_grad), it lets a call with the same ones and the same input structure reuse the
+    compiled program and the trace's bindings instead of tracing again (~50 us at tiny size,
+    ~0.2 ms at medium). Anything else, a rebinding of a parameter included, traces afresh.
+    ``scan`` itself never uses one: it cannot know what an arbitrary body reads."""
 
     __slots__ = ("statics", "reads", "entry")
 
