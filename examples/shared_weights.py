@@ -37,14 +37,16 @@ def make_lstm(steps, seed, unroll):
 
 
 def reachable(t):
-    """Every tensor in the graph behind ``t``, found by following ``_parents`` (iteratively)."""
-    seen, stack, found = {id(t)}, [t], [t]
+    """Every op node in the graph behind ``t`` (``t.node``, then each node's ``parents``: Nodes,
+    or leaf Tensors such as the parameters themselves), found iteratively."""
+    seen, stack, found = {id(t.node)}, [t.node], []
     while stack:
-        for p in stack.pop()._parents:
-            if p is not None and id(p) not in seen:
+        node = stack.pop()
+        found.append(node)
+        for p in node.parents:
+            if isinstance(p, mg.Node) and id(p) not in seen:
                 seen.add(id(p))
                 stack.append(p)
-                found.append(p)
     return found
 
 
@@ -67,13 +69,13 @@ def main(argv=None) -> int:
     lstm, x, y = make_lstm(args.steps, args.seed, unroll=True)
     loss = mse_loss(lstm(x), y)                      # depends only on the last output h_T
     print(f"1. An unrolled LSTM over {args.steps} steps: which weights do the steps' matmuls read?")
-    matmuls = [t for t in reachable(loss) if t.op == "matmul"]
-    for t in sorted(matmuls, key=lambda m: (m.step, m._parents[1] is lstm.W)):
-        weight = t._parents[1]                       # x_t @ U and h_(t-1) @ W: the weight is the 2nd input
+    matmuls = [n for n in reachable(loss) if n.op == "matmul"]
+    for t in sorted(matmuls, key=lambda m: (m.step, m.parents[1] is lstm.W)):
+        weight = t.parents[1]                        # x_t @ U and h_(t-1) @ W: the weight is the 2nd input
         name = "U" if weight is lstm.U else "W" if weight is lstm.W else "?"
         print(f"   step {t.step + 1}: matmul node {id(t):#x} reads {name} (object {id(weight):#x})")
-    check(sum(m._parents[1] is lstm.U for m in matmuls) == args.steps
-          and sum(m._parents[1] is lstm.W for m in matmuls) == args.steps,
+    check(sum(m.parents[1] is lstm.U for m in matmuls) == args.steps
+          and sum(m.parents[1] is lstm.W for m in matmuls) == args.steps,
           f"{args.steps} distinct matmul nodes read lstm.U, {args.steps} read lstm.W: two objects in all")
 
     # -- 2. Backpropagation through time ---------------------------------------------------------

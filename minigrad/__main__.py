@@ -98,17 +98,16 @@ def loss_of(lstm, x, y):
 def matmul_uses(output, *weights):
     """For each weight, the ``matmul`` nodes of the graph behind ``output`` that read it, as
     ``{id(weight): [(timestep, node, the weight object the node holds), ...]}`` sorted by step.
-    Found by walking the graph itself (``t._parents``), not by asking the layer."""
+    Found by walking the graph itself (``output.node``, then each node's ``parents``), not by
+    asking the layer."""
     uses = {id(w): [] for w in weights}
-    seen, stack = {id(output)}, [output]
+    seen, stack = {id(output.node)}, [output.node]
     while stack:
-        t = stack.pop()
-        if t._op == "matmul":
-            for p in t._parents:
-                if p is not None and id(p) in uses:
-                    uses[id(p)].append((t.step, t, p))
-        for p in t._parents:
-            if p is not None and id(p) not in seen:
+        node = stack.pop()
+        for p in node.parents:
+            if node.op == "matmul" and p is not None and id(p) in uses:
+                uses[id(p)].append((node.step, node, p))
+            if isinstance(p, mg.Node) and id(p) not in seen:
                 seen.add(id(p))
                 stack.append(p)
     for v in uses.values():

@@ -2,10 +2,10 @@
 
 A primitive is a function on ndarrays that returns its output and a vector-Jacobian
 product (vjp) closure. ``apply`` runs it on Tensors and, when a gradient is needed,
-records the output's parents and vjp on the output Tensor itself (no separate node
-objects). ``backward`` walks that graph in Kahn order (iteratively, so depth is only
-bounded by memory), sums every use's gradient, and reduces broadcast gradients back
-to each input's shape in one place: ``unbroadcast``.
+gives the output Tensor a ``Node``: its parents (Nodes, or leaf Tensors), its vjp, its
+shape and dtype, not its data. ``backward`` walks the Nodes in Kahn order (iteratively,
+so depth is only bounded by memory), sums every use's gradient, and reduces broadcast
+gradients back to each input's shape in one place: ``unbroadcast``.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .tensor import Tensor, _state
+from .tensor import Node, Tensor, _state
 
 __all__ = ["primitive", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled",
            "detect_anomaly", "backward", "unbroadcast", "graph_size"]
@@ -105,7 +105,11 @@ class record_contributions(contextlib.ContextDecorator):
     def __init__(self, *tensors):
         if not tensors or not all(isinstance(t, Tensor) for t in tensors):
             raise TypeError("record_contributions: pass the Tensors (e.g. parameters) to watch")
-        self.watch = {id(t): t for t in tensors}
+        self.watch = {}       # id of a watched Tensor, and of its Node if it has one -> the Tensor
+        for t in tensors:
+            self.watch[id(t)] = t
+            if t._node is not None:
+                self.watch[id(t._node)] = t
         self.contributions = []
 
     def add(self, tensor, op, step, grad):
@@ -199,7 +203,8 @@ def apply(prim: Primitive, args, kwargs):
             arrays.append(a._data)
             if a.requires_grad:
                 need = True
-                parents.append(a)
+                node = a._node
+                parents.append(a if node is None else node)
                 continue
         else:
             arrays.append(a)
@@ -225,17 +230,17 @@ def apply(prim: Primitive, args, kwargs):
     t.grad = None
     if need and out.dtype.kind == "f":      # comparisons, integer results: nothing to differentiate
         t.requires_grad = True
-        t._parents = tuple(parents)
-        t._vjp = vjp
-        t._op = prim.name
-        t._epoch = _epoch[0]
-        step = state.step
-        if step is not None:
-            t._step = step
+        t._node = node = Node.__new__(Node)
+        node._parents = tuple(parents)
+        node._vjp = vjp
+        node._op = prim.name
+        node._epoch = _epoch[0]
+        node._step = state.step
+        node.shape = out.shape
+        node.dtype = out.dtype
     else:
         t.requires_grad = False
-        t._parents = ()
-        t._vjp = t._op = None
+        t._node = None
     trace = state.trace
     if trace is not None:
         trace.record(prim, args, kwargs, t)
@@ -393,11 +398,16 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
         if grad.shape != root.shape:
             raise ValueError(f"backward: grad has shape {grad.shape} but the tensor has shape {root.shape}")
 
-    # Count each tensor's consumers, so a tensor is processed only once all its uses are summed.
+    # Count each node's consumers, so a node is processed only once all its uses are summed.
+    # The graph's nodes are Nodes, and the leaf Tensors themselves (which have no parents).
+    start = root if root._node is None else root._node
     pending = {}
-    stack = [root]
+    stack = [start]
     while stack:
-        for p in stack.pop()._parents:
+        u = stack.pop()
+        if type(u) is not Node:
+            continue
+        for p in u._parents:
             if p is not None:
                 k = id(p)
                 if k in pending:
@@ -410,10 +420,10 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
     recorder = _state.recorder
     _state.retain_graph = retain_graph    # read by multi-output nodes (scan) that free their own state
     epoch = _epoch[0]
-    grads = {id(root): grad}
+    grads = {id(start): grad}
     owned = set()          # ids of gradient arrays this backward created, safe to add into in place
     outer, shared = {}, []   # leaf id -> its pending OuterGrads (_Outer); the last concatenation
-    ready = [root]
+    ready = [start]
     with gc_paused():
         while ready:
             t = ready.pop()
@@ -423,8 +433,7 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                 g_owned = True
             else:
                 g_owned = False
-            vjp = t._vjp
-            if vjp is None:                           # a leaf: keep its gradient
+            if type(t) is not Node:                   # a leaf Tensor: keep its gradient
                 pending_outer = outer.pop(id(t), None)
                 if pending_outer is not None:
                     pending_outer.flush(shared)
@@ -435,6 +444,7 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                 if g is not None:
                     _accumulate_leaf(t, g, g_owned)
                 continue
+            vjp = t._vjp
             if vjp is _freed:
                 raise RuntimeError(
                     f"backward: trying to backward through the graph a second time (op '{t._op}'); its saved "
@@ -458,9 +468,9 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                     continue
                 k = id(p)
                 if type(gi) is OuterGrad:
-                    if p._vjp is None and gi.a.ndim == 2 and gi.g.ndim == 2 and not anomaly:
+                    if type(p) is not Node and gi.a.ndim == 2 and gi.g.ndim == 2 and not anomaly:
                         if recorder is not None and k in recorder.watch and not reports:
-                            recorder.add(p, t._op, getattr(t, "_step", None), gi.dense())
+                            recorder.add(recorder.watch[k], t._op, t._step, gi.dense())
                         acc = outer.get(k)
                         if acc is None:
                             acc = outer[k] = _Outer()
@@ -472,13 +482,13 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                         continue
                     gi = gi.dense()
                 if recorder is not None and k in recorder.watch and gi is not None and not reports:
-                    recorder.add(p, t._op, getattr(t, "_step", None),
-                                 unbroadcast(np.asarray(gi), p._data.shape) if type(gi) is not IndexedGrad
-                                 else gi.dense(p._data.shape, p._data.dtype))
+                    recorder.add(recorder.watch[k], t._op, t._step,
+                                 unbroadcast(np.asarray(gi), p.shape) if type(gi) is not IndexedGrad
+                                 else gi.dense(p.shape, p.dtype))
                 if type(gi) is IndexedGrad:
                     buf = grads.get(k)
                     if buf is None or id(buf) not in owned:
-                        buf = np.zeros(p._data.shape, p._data.dtype) if buf is None else np.array(buf)
+                        buf = np.zeros(p.shape, p.dtype) if buf is None else np.array(buf)
                         owned.add(id(buf))
                         grads[k] = buf
                     if anomaly:
@@ -491,15 +501,15 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                             gi, fresh = gi.array, True
                         else:
                             gi = np.asarray(gi)
-                    data = p._data
-                    if gi.shape != data.shape:
+                    shape, dtype = p.shape, p.dtype
+                    if gi.shape != shape:
                         try:
-                            gi = unbroadcast(gi, data.shape)
+                            gi = unbroadcast(gi, shape)
                         except ValueError:
                             raise RuntimeError(f"{t._op}: vjp returned a gradient of shape {gi.shape} for an "
-                                               f"input of shape {data.shape}") from None
-                    if gi.dtype is not data.dtype and gi.dtype != data.dtype:
-                        gi = gi.astype(data.dtype)
+                                               f"input of shape {shape}") from None
+                    if gi.dtype is not dtype and gi.dtype != dtype:
+                        gi = gi.astype(dtype)
                     if anomaly:
                         _check_finite(gi, f"backward of op '{t._op}'")
                     prev = grads.get(k)
@@ -535,13 +545,15 @@ def _accumulate_leaf(t, g, owned):
 
 def graph_size(t: Tensor) -> int:
     """The number of op nodes reachable from ``t`` (leaves do not count)."""
-    seen = {id(t)}
-    stack = [t]
+    start = t if t._node is None else t._node
+    seen = {id(start)}
+    stack = [start]
     n = 0
     while stack:
         u = stack.pop()
-        if u._op is not None:
-            n += 1
+        if type(u) is not Node:
+            continue
+        n += 1
         for p in u._parents:
             if p is not None and id(p) not in seen:
                 seen.add(id(p))

@@ -37,7 +37,7 @@ import numpy as np
 from .engine import FreshGrad, IndexedGrad, OuterGrad, _freed, active_trace, is_grad_enabled, unbroadcast
 from .inline import NotInlinable, source_of
 from .ops import ELEMENTWISE, INDEX, MATMUL, _is_basic
-from .tensor import Tensor, _state
+from .tensor import Node, Tensor, _state
 
 __all__ = ["scan"]
 
@@ -1175,9 +1175,10 @@ def _record(prog, K, kept, saved, T, inputs, outs, n_carry, replay):
     """One graph node for the whole loop: a hub holding the inputs and the backward, and each
     output a thin node that hands its gradient to the hub."""
     box = [None] * len(outs)
+    carry_like = [(t._data.shape, t._data.dtype) for t in outs[:n_carry]]   # not the outputs: they own their data
 
     def hub_vjp(_):
-        gc = [box[j] if box[j] is not None else np.zeros_like(outs[j]._data) for j in range(n_carry)]
+        gc = [box[j] if box[j] is not None else np.zeros(*carry_like[j]) for j in range(n_carry)]
         gy = [box[n_carry + n] for n in range(len(outs) - n_carry)]
         box[:] = [None] * len(box)
         pattern = tuple(g is not None for g in gy)
@@ -1191,23 +1192,27 @@ def _record(prog, K, kept, saved, T, inputs, outs, n_carry, replay):
         return grads
 
     hub_vjp.reports_contributions = True
-    hub = Tensor(np.empty(0))
-    hub.requires_grad = True
-    hub._parents = tuple(t if t.requires_grad else None for t in inputs)
-    hub._vjp = hub_vjp
-    hub._op = "scan"
     from .engine import _epoch
-    hub._epoch = _epoch[0]
+    hub = _node((t if t._node is None else t._node) if t.requires_grad else None for t in inputs)
+    hub._vjp, hub._op, hub._epoch = hub_vjp, "scan", _epoch[0]
+    hub.shape, hub.dtype = (0,), np.dtype(np.float64)
     empty = np.empty(0)
     for n, t in enumerate(outs):
         def take(g, n=n):
             box[n] = g if box[n] is None else box[n] + g
             return (empty,)
         t.requires_grad = True
-        t._parents = (hub,)
-        t._vjp = take
-        t._op = "scan.output"
-        t._epoch = hub._epoch
+        t._node = node = _node((hub,))
+        node._vjp, node._op, node._epoch = take, "scan.output", hub._epoch
+        node.shape, node.dtype = t._data.shape, t._data.dtype
+
+
+def _node(parents):
+    """A graph Node with these parents, recorded at the current timestep."""
+    node = Node.__new__(Node)
+    node._parents = tuple(parents)
+    node._step = _state.step
+    return node
 
 
 def _replay_recording(recorder, replay, inputs, T, gc, gy, pattern):

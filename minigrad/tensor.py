@@ -1,4 +1,5 @@
-"""The Tensor: an ndarray, the gradient it receives, and the op that made it."""
+"""The Tensor (an ndarray and the gradient it receives) and the Node (what the graph keeps of
+the op that made it)."""
 from __future__ import annotations
 
 import threading
@@ -42,6 +43,29 @@ def _as_array(data, dtype):
     return arr
 
 
+class Node:
+    """What the graph keeps of one op's output: its parents (Nodes, or leaf Tensors themselves,
+    so every use of a parameter points at the parameter), its vjp, its op's name, the epoch and
+    timestep it was recorded at, and its shape and dtype.
+
+    Not the output's data: that belongs to the Tensor the op returned, and goes with it unless a
+    vjp saved it. So an unrolled recurrent step keeps what its backward reads, not every
+    intermediate (``x_t @ U``, the sums before the gates: about two thirds of an LSTM step's
+    arrays). PyTorch's ``grad_fn`` is the same split.
+    """
+
+    __slots__ = ("_parents", "_vjp", "_op", "_epoch", "_step", "shape", "dtype")
+
+    ndim = property(lambda self: len(self.shape))
+    op = property(lambda self: self._op, doc="The name of the op.")
+    parents = property(lambda self: self._parents,
+                       doc="One entry per operand: its Node, the leaf Tensor itself, or None (no gradient).")
+    step = property(lambda self: self._step, doc="The timestep its op was recorded in, or None.")
+
+    def __repr__(self):
+        return f"Node(op={self._op!r}, shape={self.shape}, dtype={self.dtype}, step={self._step})"
+
+
 class Tensor:
     """An n-dimensional array that can record the ops applied to it and backpropagate.
 
@@ -55,7 +79,7 @@ class Tensor:
     dtype : numpy dtype, optional
     """
 
-    __slots__ = ("_data", "grad", "requires_grad", "_parents", "_vjp", "_op", "_epoch", "_step", "__weakref__")
+    __slots__ = ("_data", "grad", "requires_grad", "_node", "__weakref__")
     __array_ufunc__ = None          # ndarray <op> Tensor defers to Tensor's reflected operators
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
@@ -67,10 +91,7 @@ class Tensor:
         self._data = arr
         self.grad = None
         self.requires_grad = bool(requires_grad)
-        self._parents = ()
-        self._vjp = None
-        self._op = None
-        self._epoch = 0
+        self._node = None           # the Node of the op that made it; None for a leaf
 
     # -- data and in-place safety
     @property
@@ -103,10 +124,16 @@ class Tensor:
     dtype = property(lambda self: self._data.dtype)
     size = property(lambda self: self._data.size)
     T = property(lambda self: ops.transpose(self))
-    is_leaf = property(lambda self: self._vjp is None)
+    is_leaf = property(lambda self: self._node is None)
+    node = property(lambda self: self._node, doc="The graph's record of the op that made it (None for a leaf).")
     op = property(lambda self: self._op, doc="The name of the op that made this tensor (None for a leaf).")
-    step = property(lambda self: getattr(self, "_step", None),
+    step = property(lambda self: None if self._node is None else self._node._step,
                     doc="The timestep its op was recorded in (``mg.timestep``), or None.")
+
+    # -- the graph, read the same way from a Tensor and from a Node (viz and the examples walk it)
+    _parents = property(lambda self: () if self._node is None else self._node._parents)
+    _vjp = property(lambda self: None if self._node is None else self._node._vjp)
+    _op = property(lambda self: None if self._node is None else self._node._op)
 
     def __len__(self):
         return len(self._data)

@@ -493,3 +493,35 @@ def test_weight_gradients_of_many_uses_multiplied_out_in_blocks(rows, monkeypatc
     W = mg.Tensor(rng.standard_normal((4, 5)) * 0.3, requires_grad=True)
     V = mg.Tensor(rng.standard_normal((2, 5)) * 0.3, requires_grad=True)
     assert mg.gradcheck(f, (W, V))
+
+
+def test_the_graph_does_not_keep_an_intermediate_no_vjp_reads():
+    """Nodes hold parents, vjps, shapes: not data. ``x @ U`` feeds an add (whose vjp reads nothing),
+    so once the caller drops it its array is freed, and backward is still right."""
+    r = np.random.default_rng(3)
+    x = mg.Tensor(r.standard_normal((4, 3)), requires_grad=True)
+    U = mg.Tensor(r.standard_normal((3, 5)), requires_grad=True)
+    a = x @ U
+    freed = weakref.ref(a.data)
+    y = (a + 1.0).tanh().sum()
+    assert a.node.op == "matmul" and a.node.parents == (x, U)   # leaves are the Tensors themselves
+    del a
+    gc.collect()
+    assert freed() is None
+    assert mg.graph_size(y) == 4                                   # matmul, add, tanh, sum
+    y.backward()
+    g = 1.0 - np.tanh(x.data @ U.data + 1.0) ** 2
+    np.testing.assert_allclose(x.grad, g @ U.data.T, rtol=1e-12)
+    np.testing.assert_allclose(U.grad, x.data.T @ g, rtol=1e-12)
+    assert mg.graph_size(y) == 4                                   # the structure outlives backward
+
+
+def test_record_contributions_watches_an_intermediate_tensor_too():
+    x = mg.Tensor(np.arange(3.0), requires_grad=True)
+    h = x * 2.0
+    y = (h * h).sum() + h.sum()
+    with mg.record_contributions(h) as rec:
+        y.backward()
+    assert sorted(c.op for c in rec.of(h)) == ["multiply", "multiply", "sum"]
+    assert all(c.tensor is h for c in rec.contributions)
+    np.testing.assert_allclose(rec.total(h), 2 * h.data + 1)      # d/dh of sum(h^2) + sum(h)

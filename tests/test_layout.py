@@ -144,3 +144,24 @@ def test_recording_replays_a_call_whose_program_left_the_cache():
     ref.set_weights(lstm.get_weights())
     (ref(x) ** 2).sum().backward()
     np.testing.assert_allclose(lstm.W.grad, ref.W.grad, rtol=1e-10)
+
+
+def test_unrolled_lstm_keeps_what_its_backward_reads_not_every_intermediate():
+    """The unrolled graph's Nodes hold no data: after the forward it keeps the arrays its vjps
+    saved (x_t, h, c, the gates, tanh(c)) and the output, not x_t @ U, the sums or z. Measured
+    1.40x the state at this size; when the graph kept every op's output it was 4.6x."""
+    B, I, H, T = 32, 100, 128, 50
+    lstm = mg.nn.LSTM(I, H, return_sequences=True, unroll=True, dtype=np.float32)
+    x = mg.Tensor(rng.uniform(-1, 1, (B, T, I)).astype(np.float32))
+    lstm(x).sum().backward()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        loss = lstm(x).sum()
+        kept = tracemalloc.get_traced_memory()[0] - base
+        loss.backward()
+    finally:
+        tracemalloc.stop()
+    state = T * B * 6 * H * 4
+    assert kept <= 2.0 * state, f"kept {kept / state:.2f}x the state"
