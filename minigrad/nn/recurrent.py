@@ -245,11 +245,15 @@ class _Layer(_Recurrent):
             return new, (F.where(m_t, new[0], 0.0) if want_ys else None)
 
         if self.unroll:
+            seq, m_seq = (xs, None) if mask is None else xs
+            if not seq.requires_grad:        # data outside the graph: no getitem op per step
+                seq = [Tensor(a) for a in seq._data]
+                m_seq = None if mask is None else [Tensor(a) for a in m_seq._data]
             ys = []
             with gc_paused():                # T steps of nodes: no cycles for the collector to find
                 for t in range(T):
                     with timestep(t):           # tags this step's ops for mg.record_contributions
-                        state, y = body(state, xs[t] if mask is None else (xs[0][t], xs[1][t]))
+                        state, y = body(state, seq[t] if m_seq is None else (seq[t], m_seq[t]))
                     ys.append(y)
             ys = F.stack(ys, 0) if want_ys else None
         else:
