@@ -203,8 +203,7 @@ def apply(prim: Primitive, args, kwargs):
             arrays.append(a._data)
             if a.requires_grad:
                 need = True
-                node = a._node
-                parents.append(a if node is None else node)
+                parents.append(a._node or a)    # a leaf is its own graph entry
                 continue
         else:
             arrays.append(a)
@@ -230,7 +229,7 @@ def apply(prim: Primitive, args, kwargs):
     t.grad = None
     if need and out.dtype.kind == "f":      # comparisons, integer results: nothing to differentiate
         t.requires_grad = True
-        t._node = node = Node.__new__(Node)
+        t._node = node = Node.__new__(Node)     # Node(...) spelled out: see Node.__init__
         node._parents = tuple(parents)
         node._vjp = vjp
         node._op = prim.name

@@ -1193,26 +1193,15 @@ def _record(prog, K, kept, saved, T, inputs, outs, n_carry, replay):
 
     hub_vjp.reports_contributions = True
     from .engine import _epoch
-    hub = _node((t if t._node is None else t._node) if t.requires_grad else None for t in inputs)
-    hub._vjp, hub._op, hub._epoch = hub_vjp, "scan", _epoch[0]
-    hub.shape, hub.dtype = (0,), np.dtype(np.float64)
+    hub = Node([(t._node or t) if t.requires_grad else None for t in inputs], hub_vjp, "scan", _epoch[0],
+               _state.step, (0,), np.dtype(np.float64))
     empty = np.empty(0)
     for n, t in enumerate(outs):
         def take(g, n=n):
             box[n] = g if box[n] is None else box[n] + g
             return (empty,)
         t.requires_grad = True
-        t._node = node = _node((hub,))
-        node._vjp, node._op, node._epoch = take, "scan.output", hub._epoch
-        node.shape, node.dtype = t._data.shape, t._data.dtype
-
-
-def _node(parents):
-    """A graph Node with these parents, recorded at the current timestep."""
-    node = Node.__new__(Node)
-    node._parents = tuple(parents)
-    node._step = _state.step
-    return node
+        t._node = Node((hub,), take, "scan.output", hub._epoch, hub._step, t._data.shape, t._data.dtype)
 
 
 def _replay_recording(recorder, replay, inputs, T, gc, gy, pattern):
