@@ -335,7 +335,7 @@ def _row_product(a, g):
     """``a.T @ g`` summed over all rows of two stacks with the same leading axes (the gradient of
     a weight shared by every row). Rows are taken in the memory order of the larger operand; if
     the other is laid out differently (an RNN's batch-major input against its time-major hidden
-    states), it is copied a block of rows at a time, never whole."""
+    states), it is copied a block of rows at a time, at most ``_BLOCK`` bytes."""
     order = _memory_order(a if a.nbytes >= g.nbytes else g)
     if order is not None:
         a, g = a.transpose(order), g.transpose(order)
