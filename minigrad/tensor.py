@@ -288,7 +288,7 @@ def _axis(axis):
 
 def _raw_index(index):
     if type(index) is tuple:
-        return tuple([i._data if isinstance(i, Tensor) else i for i in index])
+        return tuple([_raw(i) if isinstance(i, Tensor) else i for i in index])
     if isinstance(index, list):
         return np.asarray(index)
     return _raw(index)

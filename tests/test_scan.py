@@ -451,6 +451,8 @@ def test_indexing_with_a_traced_tensor_is_a_clear_error():
     ids = mg.Tensor(np.array([[0, 1], [2, 3], [4, 0]]))
     with pytest.raises(RuntimeError, match="index"):
         mg.scan(lambda c, x: ((c + E[x]).tanh(), None), mg.Tensor(np.zeros((2, 3))), ids)
+    with pytest.raises(RuntimeError, match="index"):                 # inside a tuple index too
+        mg.scan(lambda c, x: ((c + E[x, :]).tanh(), None), mg.Tensor(np.zeros((2, 3))), ids)
     # the way that works: a one-hot product, from comparisons
     results = []
     for run in (mg.scan, plain_loop):
