@@ -578,7 +578,6 @@ class _Program:
     def _place_ys(self, loop, ys_refs):
         """Write each y_t computed as a fresh ``a <op> b`` straight into its slot of the (T, ...)
         output with ``out=`` (no list, no stack at the end). Returns the ys placed."""
-        ufuncs = {ast.Add: "np.add", ast.Sub: "np.subtract", ast.Mult: "np.multiply", ast.Div: "np.true_divide"}
         placed = []
         for n, ref in enumerate(ys_refs):
             v = self.ys_out[n]
@@ -589,9 +588,8 @@ class _Program:
                 if target != ref:
                     continue
                 node = ast.parse(expr, mode="eval").body
-                if isinstance(node, ast.BinOp) and type(node.op) in ufuncs:
-                    loop[i] = (f"{ref} = Y{n}[t]; {ufuncs[type(node.op)]}({ast.unparse(node.left)}, "
-                               f"{ast.unparse(node.right)}, out={ref})")
+                if isinstance(node, ast.BinOp) and type(node.op) in _ELEMENTWISE_UFUNC:
+                    loop[i] = f"{ref} = Y{n}[t]; {_with_out(node, ref)}"
                     placed.append(n)
                 break
         return placed
@@ -602,7 +600,6 @@ class _Program:
         becomes ``y = a`` when ``a`` is scratch (an array an op allocated, or in the loop the step's
         slice of a hoisted array nothing else reads), has the right shape and dtype, and neither it
         nor anything sharing its memory is read afterwards (or saved or kept for backward)."""
-        ufuncs = {ast.Add: "np.add", ast.Sub: "np.subtract", ast.Mult: "np.multiply", ast.Div: "np.true_divide"}
         names_of = {}                    # var -> its names in these lines
         for v in range(len(self.vars)):
             names_of[v] = {f"v{v}", f"H{v}", f"I{v}", self.name.get(v, f"v{v}"), f"h{v}"}
@@ -660,7 +657,8 @@ class _Program:
                     out[i] = line.replace(f"np.empty_like({name}, dtype={dtype_name})", name)
                     merge(target, name)
                 continue
-            if not (re.fullmatch(r"[vHI]\d+", target) and isinstance(node, ast.BinOp) and type(node.op) in ufuncs):
+            if not (re.fullmatch(r"[vHI]\d+", target) and isinstance(node, ast.BinOp)
+                    and type(node.op) in _ELEMENTWISE_UFUNC):
                 continue
             result = self.vars[int(target[1:])]
             sides = [s.id for s in (node.left, node.right) if isinstance(s, ast.Name)]
@@ -669,8 +667,7 @@ class _Program:
                 if (v is None or self.vars[v][1] != result[1] or self.vars[v][2] != result[2]
                         or (target[0] == "v" and self.cls[v] == "inv") or not dead_after(i, name, v)):
                     continue
-                out[i] = f"{target} = {ufuncs[type(node.op)]}({ast.unparse(node.left)}, " \
-                         f"{ast.unparse(node.right)}, out={name})"
+                out[i] = f"{target} = {_with_out(node, name)}"
                 merge(target, name)
                 break
         return out
@@ -829,21 +826,17 @@ class _Emitter:
         return self.stacks[root]
 
     def _place_stacks(self):
-        ufuncs = {ast.Add: "np.add", ast.Sub: "np.subtract", ast.Mult: "np.multiply", ast.Div: "np.true_divide",
-                  ast.MatMult: "np.matmul"}
         for root, name in self.stacks.items():
             line = self.created.get(root)
             node = ast.parse(self.B[line].split(" = ", 1)[1], mode="eval").body if line is not None else None
-            if isinstance(node, ast.BinOp) and type(node.op) in ufuncs:
+            if isinstance(node, ast.BinOp) and type(node.op) in _BINARY_UFUNC:
                 into = self._dying_saved(root, line, node)
                 if into is not None:        # the step's gradient takes the place of a value that dies here
-                    self.B[line] = (f"G{root} = {into}; {ufuncs[type(node.op)]}({ast.unparse(node.left)}, "
-                                    f"{ast.unparse(node.right)}, out=G{root}); SL{root}.append(G{root})")
+                    self.B[line] = f"G{root} = {into}; {_with_out(node, f'G{root}')}; SL{root}.append(G{root})"
                     self.L = [f"SL{root} = []" if b.startswith(f"{name} = np.empty(") else b for b in self.L]
                     self.P0.append(f"{name} = _stack_steps(SL{root}[::-1])")
                 else:
-                    self.B[line] = (f"G{root} = {name}[t]; {ufuncs[type(node.op)]}({ast.unparse(node.left)}, "
-                                    f"{ast.unparse(node.right)}, out=G{root})")
+                    self.B[line] = f"G{root} = {name}[t]; {_with_out(node, f'G{root}')}"
                 copy = "pass"
             else:
                 copy = f"{name}[t] = G{root}"
@@ -960,7 +953,15 @@ def _fresh_out(node):
     return None
 
 
-_ARITHMETIC = {"np.add", "np.subtract", "np.multiply", "np.true_divide", "np.matmul"}   # fresh results
+# the binary operators a generated line may rewrite as a ufunc call with out=
+_ELEMENTWISE_UFUNC = {ast.Add: "np.add", ast.Sub: "np.subtract", ast.Mult: "np.multiply", ast.Div: "np.true_divide"}
+_BINARY_UFUNC = {**_ELEMENTWISE_UFUNC, ast.MatMult: "np.matmul"}
+_ARITHMETIC = set(_BINARY_UFUNC.values())       # calls whose results are fresh
+
+
+def _with_out(node, out):
+    """The source of the BinOp ``node`` (an operator in ``_BINARY_UFUNC``) as a ufunc writing into ``out``."""
+    return f"{_BINARY_UFUNC[type(node.op)]}({ast.unparse(node.left)}, {ast.unparse(node.right)}, out={out})"
 
 
 def _lazy_args(expr, ns, cls):
