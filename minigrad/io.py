@@ -17,11 +17,63 @@ import numpy as np
 
 from .tensor import Tensor
 
-__all__ = ["save", "load", "CheckpointError"]
+__all__ = ["save", "load", "CheckpointError", "flatten_state", "unflatten_state"]
+
+SEP = "/"     # joins nested keys; Module state names use "." and never contain it
 
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be read, or does not match the model it is loaded into."""
+
+
+def flatten_state(state: Mapping) -> dict:
+    """A nested state (dicts, and lists of dicts, e.g. an optimizer's ``state_dict()``) as one flat
+    dict whose keys join the path with ``'/'``: ``{'state': {0: {'step': 3}}}`` becomes
+    ``{'state/0/step': 3}``, ``{'param_groups': [{'lr': 0.1}]}`` becomes ``{'param_groups/0/lr': 0.1}``.
+    Leaves (arrays, Tensors, numbers, tuples of numbers) are kept as they are; empty dicts vanish.
+
+    Raises
+    ------
+    TypeError
+        if a nested key is not a string or an int; ValueError if it contains ``'/'`` (ambiguous).
+    """
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(key, bool) or not isinstance(key, (str, int) if prefix else str):
+                raise TypeError(f"flatten_state: keys must be strings (nested ones may be ints), got {key!r}"
+                                + (f" under '{prefix.rstrip(SEP)}'" if prefix else ""))
+            key = str(key)
+            if isinstance(value, (list, tuple)) and value and all(isinstance(v, Mapping) for v in value):
+                value = dict(enumerate(value))
+            if SEP in key and (prefix or isinstance(value, Mapping)):
+                raise ValueError(f"flatten_state: the key {key!r} contains {SEP!r}, which joins nested keys")
+            if isinstance(value, Mapping):
+                walk(value, prefix + key + SEP)
+            else:
+                flat[prefix + key] = value
+
+    walk(state, "")
+    return flat
+
+
+def unflatten_state(flat: Mapping) -> dict:
+    """Undo :func:`flatten_state`: split every key on ``'/'`` into nested dicts (list positions
+    come back as the string keys ``'0'``, ``'1'``, ...). ``unflatten_state(mg.load(path))`` gives
+    back a checkpoint saved as ``mg.save({'model': ..., 'optimizer': ...}, path)``."""
+    nested = {}
+    for key, value in flat.items():
+        *path, leaf = str(key).split(SEP)
+        node = nested
+        for i, part in enumerate(path):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"unflatten_state: '{SEP.join(path[:i + 1])}' is both a value and a prefix")
+        if isinstance(node.get(leaf), dict):
+            raise ValueError(f"unflatten_state: '{key}' is both a value and a prefix")
+        node[leaf] = value
+    return nested
 
 
 def _to_arrays(obj) -> dict:
@@ -30,7 +82,7 @@ def _to_arrays(obj) -> dict:
     if not isinstance(obj, Mapping):
         raise TypeError(f"save: expected a Module or a dict of name -> array, got {type(obj).__name__}")
     arrays = {}
-    for name, value in obj.items():
+    for name, value in flatten_state(obj).items():
         if not isinstance(name, str) or not name:
             raise TypeError(f"save: names must be non-empty strings, got {name!r}")
         arr = np.asarray(value.data if isinstance(value, Tensor) else value)
@@ -42,12 +94,14 @@ def _to_arrays(obj) -> dict:
 
 
 def save(obj, path) -> None:
-    """Write a Module's ``state_dict()`` (or a dict of name -> ndarray/Tensor) to ``path`` as an
-    uncompressed ``.npz`` archive, atomically. ``path`` is used as given (no suffix is added).
+    """Write a Module's or an Optimizer's ``state_dict()`` (or a dict of name -> ndarray/Tensor) to
+    ``path`` as an uncompressed ``.npz`` archive, atomically. ``path`` is used as given (no suffix
+    is added). Nested dicts (an optimizer's state, or ``{'model': ..., 'optimizer': ...}``) are
+    stored under keys joined with ``'/'`` (:func:`flatten_state`); numbers become 0-d arrays.
 
     Parameters
     ----------
-    obj : Module or Mapping[str, ndarray | Tensor]
+    obj : Module, Optimizer or Mapping[str, ndarray | Tensor | number | nested Mapping]
     path : str or os.PathLike
     """
     arrays = _to_arrays(obj)

@@ -167,17 +167,229 @@ def test_params_without_grad_are_skipped_and_dtype_is_kept():
         assert id(b) not in opt.state and a.data.dtype == np.float32
 
 
-def test_zero_grad_and_param_groups():
+def test_param_groups_hold_every_option_and_override_the_defaults():
     a, b = nn.Parameter(np.ones(1)), nn.Parameter(np.ones(1))
-    opt = optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1)
+    opt = optim.SGD([{"params": [a]}, {"params": [b], "lr": 0.5, "momentum": 0.9}], lr=0.1)
+    assert opt.param_groups == [
+        {"params": [a], "lr": 0.1, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0, "dampening": 0.0},
+        {"params": [b], "lr": 0.5, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0, "dampening": 0.0}]
     a.grad, b.grad = np.ones(1), np.ones(1)
     opt.step()
     np.testing.assert_allclose([a.data[0], b.data[0]], [0.9, 0.5])
-    opt.zero_grad()
-    assert a.grad is None and b.grad is None
-    opt.lr = 0.2
-    assert [g["lr"] for g in opt.param_groups] == [0.2, 0.2]
+    opt.param_groups[1]["lr"] = 0.25             # per-group rates are set in the groups
+    b.grad = np.ones(1)
+    opt.step()
+    np.testing.assert_allclose(b.data[0], 0.5 - 0.25 * (0.9 * 1 + 1))
     assert optim.Adam(nn.Linear(2, 2)).param_groups[0]["params"][0].shape == (2, 2)   # a Module is accepted
+    c = nn.Parameter(np.ones(1))
+    opt.add_param_group({"params": [c], "lr": 0.3})
+    assert opt.param_groups[2]["lr"] == 0.3 and opt.param_groups[2]["momentum"] == 0.0
+    with pytest.raises(ValueError, match="appears more than once"):
+        opt.add_param_group({"params": [a]})
+    with pytest.raises(TypeError, match=r"unknown hyperparameters \['betas'\]"):
+        optim.SGD([{"params": [nn.Parameter(np.ones(1))], "betas": (0.9, 0.99)}], lr=0.1)
+
+
+def test_the_lr_shortcut_is_for_one_group_and_never_flattens_groups():
+    p = nn.Parameter(np.ones(1))
+    opt = optim.Adam([p], lr=0.01)
+    opt.lr = 0.2
+    assert opt.lr == 0.2 and opt.param_groups[0]["lr"] == 0.2
+    with pytest.raises(ValueError, match="lr must be a number"):
+        opt.lr = -1.0
+    two = optim.SGD([{"params": [nn.Parameter(np.ones(1))]}, {"params": [p], "lr": 0.5}], lr=0.1)
+    with pytest.raises(ValueError, match=r"cannot set one learning rate for 2 param groups \(their lrs: \[0.1, 0.5\]"):
+        two.lr = 0.2
+    with pytest.raises(ValueError, match="cannot read one learning rate for 2 param groups"):
+        print(two.lr)
+    assert [g["lr"] for g in two.param_groups] == [0.1, 0.5]
+
+
+@pytest.mark.parametrize("owner", ["optimizer", "module"])
+def test_zero_grad_sets_to_none_by_default_or_zeroes_in_place(owner):
+    model = nn.Linear(2, 3, dtype=np.float64)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    target = opt if owner == "optimizer" else model
+    model(np.ones((4, 2))).sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    target.zero_grad(set_to_none=False)
+    for p, g in zip(model.parameters(), grads):
+        assert p.grad is g and not g.any()         # the same arrays, zeroed in place
+    model(np.ones((4, 2))).sum().backward()        # and they accumulate afresh
+    np.testing.assert_allclose(model.bias.grad, [4.0, 4.0, 4.0])
+    target.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+    target.zero_grad(set_to_none=False)             # a None grad stays None
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_adamw_by_hand():
+    # PyTorch's defaults: betas (0.9, 0.999), eps 1e-8, weight_decay 0.01.
+    p = nn.Parameter(P0.copy())
+    opt = optim.AdamW([p], lr=0.1)
+    assert opt.param_groups[0]["weight_decay"] == 0.01 and opt.param_groups[0]["eps"] == 1e-8
+    p.grad = A * P0                                # g0 = (1, -6)
+    opt.step()
+    # decay first, p * (1 - 0.1 * 0.01); then Adam's first step moves by lr * g / (|g| + eps)
+    decayed = P0 * (1 - 0.1 * 0.01)
+    expected = decayed - 0.1 * np.array([1.0, -6.0]) / (np.abs([1.0, -6.0]) + 1e-8)
+    np.testing.assert_allclose(p.data, expected, rtol=1e-15)
+    # unlike Adam's L2 term, the decay does not enter the moments
+    np.testing.assert_allclose(opt.state[id(p)]["exp_avg"], 0.1 * np.array([1.0, -6.0]), rtol=1e-15)
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.3)])
+def test_adamw_trajectory_matches_torch(kwargs):
+    torch = pytest.importorskip("torch")
+    model, tmodel = make_torch_pair(torch)
+    opt, topt = optim.AdamW(model.parameters(), **kwargs), torch.optim.AdamW(tmodel.parameters(), **kwargs)
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((8, 3)), rng.standard_normal((8, 1))
+    for _ in range(30):
+        opt.zero_grad()
+        nn.MSELoss()(model(x), y).backward()
+        opt.step()
+        topt.zero_grad()
+        torch.nn.functional.mse_loss(tmodel(torch.tensor(x)), torch.tensor(y)).backward()
+        topt.step()
+    for ours, theirs in [(model[0], tmodel[0]), (model[2], tmodel[2])]:
+        np.testing.assert_allclose(ours.weight.data, theirs.weight.detach().numpy().T, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(ours.bias.data, theirs.bias.detach().numpy(), rtol=1e-10, atol=1e-13)
+
+
+# ------------------------------------------------------------------ state dicts and resuming
+
+def _train(model, opt, x, y, steps):
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.MSELoss()(model(x), y).backward()
+        opt.step()
+
+
+def _mlp(seed):
+    mg.seed(seed)
+    return nn.Sequential(nn.Linear(3, 5, dtype=np.float64), nn.Tanh(), nn.Linear(5, 1, dtype=np.float64))
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: optim.Adam(ps, lr=0.05),
+    lambda ps: optim.AdamW([{"params": ps[:2], "lr": 0.02}, {"params": ps[2:], "weight_decay": 0.1}], lr=0.05),
+    lambda ps: optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True),
+    lambda ps: optim.RMSprop(ps, lr=0.01, momentum=0.5, centered=True),
+], ids=["Adam", "AdamW-groups", "SGD", "RMSprop"])
+def test_resuming_from_saved_model_and_optimizer_equals_training_straight_through(tmp_path, make):
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((16, 3)), rng.standard_normal((16, 1))
+    straight = _mlp(0)
+    _train(straight, make(straight.parameters()), x, y, 10)
+
+    first = _mlp(0)
+    opt = make(first.parameters())
+    _train(first, opt, x, y, 5)
+    mg.save(first, tmp_path / "model.npz")
+    mg.save(opt, tmp_path / "optim.npz")
+
+    fresh = _mlp(1)                               # different weights, no optimizer state
+    fresh_opt = make(fresh.parameters())
+    fresh.load_state_dict(mg.load(tmp_path / "model.npz"))
+    fresh_opt.load_state_dict(mg.load(tmp_path / "optim.npz"))
+    _train(fresh, fresh_opt, x, y, 5)
+    for (name, p), q in zip(fresh.named_parameters(), straight.parameters()):
+        np.testing.assert_allclose(p.data, q.data, rtol=0, atol=1e-12, err_msg=name)
+
+
+def test_state_dict_has_pytorchs_layout_and_is_a_copy():
+    torch = pytest.importorskip("torch")
+    model, tmodel = make_torch_pair(torch)
+    groups = lambda ps: [{"params": ps[:2], "lr": 0.01}, {"params": ps[2:]}]
+    opt = optim.Adam(groups(model.parameters()), lr=0.02)
+    topt = torch.optim.Adam(groups(list(tmodel.parameters())), lr=0.02)
+    for o, loss in [(opt, lambda: model(np.ones((2, 3))).sum()),
+                    (topt, lambda: tmodel(torch.ones(2, 3, dtype=torch.float64)).sum())]:
+        loss().backward()
+        o.step()
+    ours, theirs = opt.state_dict(), topt.state_dict()
+    assert sorted(ours) == sorted(theirs) == ["param_groups", "state"]
+    assert sorted(ours["state"]) == sorted(theirs["state"]) == [0, 1, 2, 3]
+    for i in range(4):
+        assert set(ours["state"][i]) == {"step", "exp_avg", "exp_avg_sq"} <= set(theirs["state"][i])
+        assert ours["state"][i]["step"] == theirs["state"][i]["step"].item() == 1
+    for g, tg in zip(ours["param_groups"], theirs["param_groups"]):
+        assert g["params"] == tg["params"]
+        assert {k: g[k] for k in ("lr", "betas", "eps", "weight_decay")} == {k: tg[k] for k in
+                                                                            ("lr", "betas", "eps", "weight_decay")}
+    before = ours["state"][0]["exp_avg"].copy()
+    opt.step()
+    np.testing.assert_array_equal(ours["state"][0]["exp_avg"], before)
+
+
+def _stepped_adam():
+    ps = [nn.Parameter(np.ones((2, 3))), nn.Parameter(np.ones(3))]
+    opt = optim.Adam(ps, lr=0.1)
+    for p in ps:
+        p.grad = np.ones_like(p.data)
+    opt.step()
+    return ps, opt
+
+
+def _without(d, key):
+    return {k: v for k, v in d.items() if k != key}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda sd: {**sd, "param_groups": sd["param_groups"] * 2}, "2 param groups in the state, 1 in the optimizer"),
+    (lambda sd: {**sd, "param_groups": [{**sd["param_groups"][0], "params": [0]}]},
+     "param_groups.0. has 1 parameters in the state, 2 in the optimizer"),
+    (lambda sd: {**sd, "param_groups": [{**sd["param_groups"][0], "momentum": 0.9}]},
+     r"unknown options \['momentum'\]"),
+    (lambda sd: {**sd, "param_groups": [_without(sd["param_groups"][0], "eps")]}, r"missing options \['eps'\]"),
+    (lambda sd: {**sd, "param_groups": [{**sd["param_groups"][0], "lr": -1.0}]}, "lr must be a number"),
+    (lambda sd: {**sd, "state": {**sd["state"], 1: _without(sd["state"][1], "exp_avg")}},
+     r"state\[1\] holds \['exp_avg_sq', 'step'\]"),
+    (lambda sd: {**sd, "state": {**sd["state"], 0: {**sd["state"][0], "exp_avg": np.ones(3)}}},
+     r"state\[0\]\['exp_avg'\]: shape \(3,\) dtype float64 in the state, shape \(2, 3\)"),
+    (lambda sd: {**sd, "state": {**sd["state"], 0: {**sd["state"][0], "exp_avg": np.ones((2, 3), np.float32)}}},
+     "dtype float32 in the state"),
+    (lambda sd: {**sd, "state": {**sd["state"], 0: {**sd["state"][0], "step": 0}}}, "must be a positive integer"),
+    (lambda sd: {**sd, "state": {**sd["state"], 7: sd["state"][0]}}, "state for parameter 7, which no param group"),
+    (lambda sd: {"state": sd["state"]}, r"expected the keys \['param_groups', 'state'\]"),
+], ids=["groups", "params", "unknown-option", "missing-option", "bad-option", "missing-state", "shape", "dtype",
+        "step", "index", "keys"])
+def test_loading_a_state_dict_of_the_wrong_structure_is_an_error_and_changes_nothing(edit, message):
+    ps, opt = _stepped_adam()
+    good = opt.state_dict()
+    _, other = _stepped_adam()
+    other.param_groups[0]["lr"] = 0.5
+    bad = edit(other.state_dict())
+    with pytest.raises(mg.CheckpointError, match=message) as err:
+        opt.load_state_dict(bad)
+    assert "nothing was loaded" in str(err.value)
+    after = opt.state_dict()
+    assert after["param_groups"] == good["param_groups"]
+    for i in good["state"]:
+        for k, v in good["state"][i].items():
+            np.testing.assert_array_equal(after["state"][i][k], v)
+    with pytest.raises(TypeError, match="expected a dict"):
+        opt.load_state_dict([1, 2])
+
+
+def test_optimizer_and_model_in_one_file(tmp_path):
+    """Nested dicts are stored under '/'-joined keys; unflatten_state gives the nesting back."""
+    ps, opt = _stepped_adam()
+    model = nn.Linear(2, 1)
+    mg.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "ckpt.npz")
+    flat = mg.load(tmp_path / "ckpt.npz")
+    assert {"model/weight", "optimizer/state/0/exp_avg", "optimizer/param_groups/0/betas",
+            "optimizer/param_groups/0/params"} <= set(flat)
+    ckpt = mg.io.unflatten_state(flat)
+    _, fresh = _stepped_adam()
+    fresh.param_groups[0]["lr"] = 0.7
+    fresh.load_state_dict(ckpt["optimizer"])
+    assert fresh.param_groups[0]["lr"] == 0.1 and fresh.param_groups[0]["betas"] == (0.9, 0.999)
+    assert fresh.state_dict()["state"][1]["step"] == 1
+    nn.Linear(2, 1).load_state_dict(ckpt["model"])
+    with pytest.raises(ValueError, match="contains '/'"):
+        mg.save({"a/b": {"c": np.ones(1)}}, tmp_path / "bad.npz")
 
 
 @pytest.mark.parametrize("make, message", [

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..io import CheckpointError
 from ..tensor import Tensor
+from .utils import zero_grads
 
 __all__ = ["Parameter", "Module", "ModuleList", "IncompatibleKeys", "functional_call"]
 
@@ -189,10 +190,10 @@ class Module:
         """Evaluation mode: ``train(False)`` (Dropout becomes the identity)."""
         return self.train(False)
 
-    def zero_grad(self) -> None:
-        """Forget every parameter's gradient (``grad = None``)."""
-        for p in self.parameters():
-            p.grad = None
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Forget every parameter's gradient: ``grad = None`` (the default, as in PyTorch), or with
+        ``set_to_none=False`` fill existing gradients with zeros in place."""
+        zero_grads(self.parameters(), set_to_none)
 
     def requires_grad_(self, flag: bool = True) -> "Module":
         """Freeze (False) or unfreeze every parameter; frozen ones count as non-trainable."""

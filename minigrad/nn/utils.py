@@ -7,13 +7,28 @@ import numpy as np
 
 from ..tensor import Tensor
 
-__all__ = ["clip_grad_norm_"]
+__all__ = ["clip_grad_norm_", "zero_grads"]
 
 
 def _params(params):
     if callable(getattr(params, "parameters", None)):
         params = params.parameters()
     return [params] if isinstance(params, Tensor) else list(params)
+
+
+def zero_grads(params, set_to_none: bool = True) -> None:
+    """Forget the gradients of ``params``: ``grad = None`` (PyTorch's default), or with
+    ``set_to_none=False`` fill existing gradients with zeros in place (a None grad stays None).
+    What ``Module.zero_grad`` and ``Optimizer.zero_grad`` do."""
+    for p in _params(params):
+        if p.grad is None:
+            continue
+        if set_to_none:
+            p.grad = None
+        elif isinstance(p.grad, np.ndarray) and p.grad.flags.writeable:
+            p.grad.fill(0)
+        else:
+            p.grad = np.zeros_like(p.grad)
 
 
 def clip_grad_norm_(params, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> float:
