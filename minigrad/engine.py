@@ -183,6 +183,29 @@ def _describe(prim, arrays, kwargs, err):
     return f"{prim.name}: invalid input (shapes {shown}; dtypes {dtypes}): {err}"
 
 
+def _restated(err, msg):
+    """``err``'s kind of exception with ``msg``. Some exception classes take other arguments
+    (numpy's _UFuncNoLoopError): those become the builtin class they derive from."""
+    try:
+        new = type(err)(msg)
+        if str(new) == msg:
+            return new
+    except Exception:
+        pass
+    return next(base(msg) for base in (ValueError, TypeError, IndexError) if isinstance(err, base))
+
+
+def _operand(prim, a):
+    """A constant operand as primitives expect it: numbers stay numbers, lists become arrays;
+    anything else (a string, a dict) is refused here, naming the op."""
+    if isinstance(a, (int, float, complex, np.generic, np.ndarray)) or a is None:
+        return a
+    arr = np.asarray(a) if isinstance(a, (list, tuple)) else None
+    if arr is None or arr.dtype.kind not in "biufc":
+        raise TypeError(f"{prim.name}: an operand of type {type(a).__name__} is not a number, array or Tensor")
+    return arr
+
+
 _epoch = [0]   # a global clock, advanced by every in-place change to a Tensor's data (Tensor._bump)
 _modified = {}  # id(array) -> (epoch of its last in-place change, weakref): arrays changed in place
 
@@ -206,6 +229,8 @@ def apply(prim: Primitive, args, kwargs):
                 parents.append(a._node or a)    # a leaf is its own graph entry
                 continue
         else:
+            if type(a) is not float and type(a) is not np.ndarray:
+                a = _operand(prim, a)
             arrays.append(a)
         parents.append(None)
     state = _state
@@ -221,12 +246,12 @@ def apply(prim: Primitive, args, kwargs):
     try:
         out, vjp = prim.fn(*arrays, **kwargs)
     except (ValueError, TypeError, IndexError) as err:
-        raise type(err)(_describe(prim, arrays, kwargs, err)) from err
+        raise _restated(err, _describe(prim, arrays, kwargs, err)) from err
     if type(out) is not np.ndarray:
         out = np.asarray(out)
     t = Tensor.__new__(Tensor)
     t._data = out
-    t.grad = None
+    t._grad = None
     if need and out.dtype.kind == "f":      # comparisons, integer results: nothing to differentiate
         t.requires_grad = True
         t._node = node = Node.__new__(Node)     # Node(...) spelled out: see Node.__init__
@@ -536,10 +561,10 @@ def active_trace():
 
 
 def _accumulate_leaf(t, g, owned):
-    if t.grad is None:
-        t.grad = g if owned and g.flags.writeable else np.array(g, dtype=t._data.dtype)
+    if t._grad is None:
+        t._grad = g if owned and g.flags.writeable else np.array(g, dtype=t._data.dtype)
     else:
-        t.grad = t.grad + g
+        t._grad = t._grad + g
 
 
 def graph_size(t: Tensor) -> int:

@@ -1,6 +1,8 @@
 """Derived ops: built only from the primitives in ``ops``, so none has a gradient of its own."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from . import ops
@@ -17,13 +19,25 @@ def _t(x):
     return x if isinstance(x, Tensor) else Tensor(x)
 
 
-def _normalize_axis(axis, ndim):
+def _normalize_axis(axis, ndim, op="reduce", shape=None):
     axes = tuple(range(ndim)) if axis is None else (axis if isinstance(axis, tuple) else (axis,))
-    return tuple(a % ndim if ndim else a for a in axes)
+    for a in axes:
+        if not -ndim <= a < ndim:
+            raise np.exceptions.AxisError(f"{op}: axis {a} is out of bounds for a tensor of shape {shape}")
+    return tuple(a % ndim for a in axes)
 
 
-def _count(x, axis):
-    return int(np.prod([x.shape[a] for a in _normalize_axis(axis, x.ndim)], dtype=np.int64))
+def _count(x, axis, op):
+    return int(np.prod([x.shape[a] for a in _normalize_axis(axis, x.ndim, op, x.shape)], dtype=np.int64))
+
+
+def _scale(total, count, op, x, axis):
+    """``total / count`` as numpy gives it: NaN (or inf) with a RuntimeWarning when count <= 0."""
+    if count > 0:
+        return total * (1.0 / count)
+    warnings.warn(f"{op}: {'degrees of freedom <= 0' if op == 'var' else 'empty slice'} for shape {x.shape} "
+                  f"and axis {axis}; the result is NaN or inf, as numpy's", RuntimeWarning, stacklevel=3)
+    return total * np.inf          # 0 * inf is NaN, like numpy's 0 / 0
 
 
 def sum(x, axis=None, keepdims=False):  # noqa: A001
@@ -51,15 +65,19 @@ def transpose(x, axes=None):
 def mean(x, axis=None, keepdims=False):
     x = _t(x)
     axis = tuple(axis) if isinstance(axis, list) else axis
-    return x.sum(axis, keepdims) * (1.0 / _count(x, axis))
+    n = _count(x, axis, "mean")
+    return _scale(x.sum(axis, keepdims), n, "mean", x, axis)
 
 
 def var(x, axis=None, keepdims=False, ddof=0):
     """Variance about the mean (``ddof=1`` for the unbiased estimate), as numpy.var."""
     x = _t(x)
     axis = tuple(axis) if isinstance(axis, list) else axis
+    n = _count(x, axis, "var")
+    if n == 0:
+        return _scale(x.sum(axis, keepdims), 0, "mean", x, axis)
     d = x - x.mean(axis, keepdims=True)
-    return (d * d).sum(axis, keepdims) * (1.0 / (_count(x, axis) - ddof))
+    return _scale((d * d).sum(axis, keepdims), n - ddof, "var", x, axis)
 
 
 def logsumexp(x, axis=None, keepdims=False):
@@ -126,6 +144,10 @@ def split(x, sections, axis=0):
 def chunk(x, chunks, axis=0):
     """``chunks`` pieces of (nearly) equal size along ``axis``, as torch.chunk."""
     x = _t(x)
+    if isinstance(chunks, bool) or not isinstance(chunks, (int, np.integer)):
+        raise TypeError(f"chunk: chunks must be an integer, got {type(chunks).__name__}")
+    if chunks < 1:
+        raise ValueError(f"chunk: chunks must be at least 1, got {chunks}")
     n = x.shape[axis]
     size = -(-n // chunks)
     return split(x, list(range(size, n, size)), axis)

@@ -67,9 +67,21 @@ def divide(a, b, *, needs_grad=(True, True)):
 def power(a, b, *, needs_grad=(True, True)):
     na, nb = needs_grad
     out = a ** b
-    # d/db a**b = a**b log a, defined for a > 0 (a == 0 contributes 0, like PyTorch)
-    return out, lambda g: (g * b * a ** (b - 1) if na else None,
-                           g * np.where(a > 0, out * np.log(np.where(a > 0, a, 1)), 0) if nb else None)
+    # PyTorch's conventions: d/da is 0 where b == 0 (x ** 0 is constant, even at x = 0, where
+    # b * a ** (b - 1) would be 0 * inf); d/db = a ** b log a is 0 where a == 0 and b >= 0 (0 ** b
+    # is constant there) and NaN for a < 0 (log of a negative number), not a silent 0
+    return out, lambda g: (g * _pow_slope(a, b) if na else None,
+                           g * _times_log(out, a, b) if nb else None)
+
+
+def _pow_slope(a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):      # 0 ** -1 is inf, as in PyTorch; masked where b == 0
+        return np.where(b == 0, 0.0, b * a ** (b - 1))
+
+
+def _times_log(out, a, b):
+    with np.errstate(divide="ignore", invalid="ignore"):      # log(0) = -inf, log(-1) = NaN: masked or meant
+        return np.where((a == 0) & (b >= 0), 0.0, out * np.log(a))
 
 
 @_unary
@@ -112,8 +124,17 @@ _FLOOR_CAP = 1 << 18  # elements: larger inputs clip against a scalar rather tha
 
 @compile_time
 def _float(dtype):
-    """``dtype`` if it is floating point, else float64 (what numpy's exp would give)."""
+    """The dtype sigmoid computes in: ``dtype`` if it is float32 or wider, float32 for float16
+    (whose exp overflows from 11.1 on: clipping there would put sigmoid(-20) at 1.7e-5), else
+    float64 (what numpy's exp would give)."""
+    if dtype == np.float16:
+        return np.dtype(np.float32)
     return dtype if dtype.kind == "f" else np.dtype(np.float64)
+
+
+@compile_time
+def _is_half(dtype):
+    return dtype == np.float16
 
 
 @compile_time
@@ -159,6 +180,8 @@ def sigmoid(x):
     np.exp(y, out=y)
     y += 1
     np.reciprocal(y, out=y)
+    if _is_half(x.dtype):           # computed in float32 (see _float), returned in x's dtype
+        y = y.astype(np.float16)
     return y, lambda g: (g * (y - y * y),)
 
 
@@ -169,15 +192,16 @@ def relu(x):
 
 @_elementwise
 def maximum(a, b):
-    # ties split the gradient evenly, which is what central differences see
-    w = (a > b) + 0.5 * (a == b)
-    return np.maximum(a, b), lambda g: (g * w, g * (1 - w))
+    # ties split the gradient evenly, which is what central differences see; a NaN (the result)
+    # passes the gradient to both operands, as in PyTorch, rather than to the other one only
+    tie = a == b
+    return np.maximum(a, b), lambda g: (g * np.where(tie, 0.5, 1.0 - (a < b)), g * np.where(tie, 0.5, 1.0 - (a > b)))
 
 
 @_elementwise
 def minimum(a, b):
-    w = (a < b) + 0.5 * (a == b)
-    return np.minimum(a, b), lambda g: (g * w, g * (1 - w))
+    tie = a == b
+    return np.minimum(a, b), lambda g: (g * np.where(tie, 0.5, 1.0 - (a > b)), g * np.where(tie, 0.5, 1.0 - (a < b)))
 
 
 @_unary
@@ -236,7 +260,9 @@ def sum(x, *, axis=None, keepdims=False):
 def _extreme(reduce):
     def fn(x, *, axis=None, keepdims=False):
         out = reduce(x, axis=axis, keepdims=True)
-        hit = x == out                       # ties share the gradient evenly
+        # ties share the gradient evenly; where the result is NaN, the NaNs share it (as in PyTorch)
+        # instead of every element getting 0 / 0
+        hit = (x == out) | (np.isnan(x) & np.isnan(out)) if x.dtype.kind in "fc" else x == out
         share = hit / hit.sum(axis=axis, keepdims=True)
         return (out if keepdims else np.squeeze(out, axis=axis),
                 lambda g: (_expand(g, axis, keepdims, x.ndim) * share,))

@@ -2,6 +2,7 @@
 the op that made it)."""
 from __future__ import annotations
 
+import operator
 import threading
 
 import numpy as np
@@ -84,8 +85,14 @@ class Tensor:
     dtype : numpy dtype, optional
     """
 
-    __slots__ = ("_data", "grad", "requires_grad", "_node", "__weakref__")
+    __slots__ = ("_data", "_grad", "requires_grad", "_node", "__weakref__")
     __array_ufunc__ = None          # ndarray <op> Tensor defers to Tensor's reflected operators
+
+    def __array_function__(self, func, types, args, kwargs):
+        # np.sum(t) would call t.sum(axis=..., out=...) and fail on a keyword; say what to do instead
+        raise TypeError(f"numpy.{func.__name__} does not take minigrad Tensors (it would record no gradient): "
+                        f"use the Tensor method or mg.{func.__name__} if there is one, or pass t.numpy() "
+                        f"for plain values")
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
         if isinstance(data, Tensor):
@@ -94,7 +101,7 @@ class Tensor:
         if requires_grad and arr.dtype.kind != "f":
             raise TypeError(f"Tensor: only floating-point tensors can require grad; got dtype {arr.dtype}")
         self._data = arr
-        self.grad = None
+        self._grad = None
         self.requires_grad = bool(requires_grad)
         self._node = None           # the Node of the op that made it; None for a leaf
 
@@ -116,6 +123,25 @@ class Tensor:
         from .engine import _epoch, _note_inplace
         _epoch[0] += 1
         _note_inplace(self._data, _epoch[0])
+
+    @property
+    def grad(self):
+        """The gradient backward accumulated (an ndarray of this tensor's shape), or None."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        """Assigning checks shape and dtype (as PyTorch does): an optimizer would broadcast a
+        gradient of another shape over the parameter without a word."""
+        if value is not None:
+            value = value._data if isinstance(value, Tensor) else np.asarray(value)
+            if value.shape != self._data.shape:
+                raise ValueError(f"grad: the assigned gradient has shape {value.shape}, but the tensor has "
+                                 f"shape {self._data.shape}")
+            if value.dtype != self._data.dtype:
+                raise TypeError(f"grad: the assigned gradient has dtype {value.dtype}, but the tensor has "
+                                f"dtype {self._data.dtype}")
+        self._grad = value
 
     def requires_grad_(self, flag: bool = True) -> "Tensor":
         if flag and self._data.dtype.kind != "f":
@@ -177,7 +203,7 @@ class Tensor:
         return Tensor(self._data)
 
     def zero_grad(self) -> None:
-        self.grad = None
+        self._grad = None
 
     def backward(self, grad=None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` (``grad`` is required unless
@@ -254,7 +280,7 @@ class Tensor:
     def reshape(self, *shape):
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = shape[0]
-        return ops.reshape(self, shape=tuple(int(s) for s in shape))
+        return ops.reshape(self, shape=tuple(_dim(s, "reshape") for s in shape))
 
     def transpose(self, *axes):
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
@@ -271,6 +297,14 @@ def _lift(x):
     if isinstance(x, np.generic) or (isinstance(x, np.ndarray) and x.ndim == 0 and x.dtype.kind in "biuf"):
         return x.item()
     return x
+
+
+def _dim(s, op):
+    """An integer size: 1.9 is not truncated to 1 (numpy refuses it too)."""
+    try:
+        return operator.index(s)
+    except TypeError:
+        raise TypeError(f"{op}: sizes must be integers, got {s!r} ({type(s).__name__})") from None
 
 
 def _raw(x):

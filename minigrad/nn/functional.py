@@ -29,8 +29,11 @@ def check_reduction(reduction, where: str) -> str:
     return reduction
 
 
-def _reduce(loss, reduction):
+def _reduce(loss, reduction, where):
     if reduction == "mean":
+        if loss.size == 0:        # an empty batch: a NaN loss would poison every parameter
+            raise ValueError(f"{where}: reduction='mean' of an empty batch (shape {loss.shape}) is undefined; "
+                             f"skip empty batches, or use reduction='sum'")
         return loss.mean()
     if reduction == "sum":
         return loss.sum()
@@ -67,7 +70,7 @@ def mse_loss(input, target, reduction: str = "mean") -> Tensor:
     input = _float_input(input, "mse_loss")
     target = _float_target(target, input, "mse_loss")
     d = input - target
-    return _reduce(d * d, reduction)
+    return _reduce(d * d, reduction, "mse_loss")
 
 
 def binary_cross_entropy(input, target, reduction: str = "mean", eps: float = 1e-12) -> Tensor:
@@ -82,11 +85,12 @@ def binary_cross_entropy(input, target, reduction: str = "mean", eps: float = 1e
     check_reduction(reduction, where)
     p = _float_input(input, where)
     y = _float_target(target, p, where)
-    if p.size and (p.data.min() < 0 or p.data.max() > 1):
-        raise ValueError(f"{where}: input must be probabilities in [0, 1], got values in "
-                         f"[{p.data.min()}, {p.data.max()}] (for logits use binary_cross_entropy_with_logits)")
+    if p.size and not (p.data.min() >= 0 and p.data.max() <= 1):      # NaN fails both, as it should
+        bad = "NaN" if np.isnan(p.data).any() else f"values in [{p.data.min()}, {p.data.max()}]"
+        raise ValueError(f"{where}: input must be probabilities in [0, 1], got {bad} "
+                         f"(for logits use binary_cross_entropy_with_logits)")
     loss = -(y * p.clip(lo=eps).log() + (1 - y) * (1 - p).clip(lo=eps).log())
-    return _reduce(loss, reduction)
+    return _reduce(loss, reduction, where)
 
 
 def binary_cross_entropy_with_logits(input, target, reduction: str = "mean") -> Tensor:
@@ -104,7 +108,7 @@ def binary_cross_entropy_with_logits(input, target, reduction: str = "mean") -> 
     y = _float_target(target, x, where)
     m = np.maximum(x.data, 0)
     softplus = ((x - m).exp() + np.exp(-m)).log() + m
-    return _reduce(softplus - x * y, reduction)
+    return _reduce(softplus - x * y, reduction, where)
 
 
 def cross_entropy(logits, target, reduction: str = "mean") -> Tensor:
@@ -130,7 +134,7 @@ def cross_entropy(logits, target, reduction: str = "mean") -> Tensor:
                          f"[{t.min()}, {t.max()}]")
     logp = log_softmax(z, axis=-1).reshape(-1, c)
     picked = logp[np.arange(t.size), t.reshape(-1)].reshape(t.shape)
-    return _reduce(-picked, reduction)
+    return _reduce(-picked, reduction, where)
 
 
 def dropout(x, p: float = 0.5, training: bool = True, rng=None) -> Tensor:

@@ -104,6 +104,22 @@ def _as_layer_dtype(t, dtype):
     return Tensor(np.asarray(t.data if isinstance(t, Tensor) else t, dtype))
 
 
+def _check_mask(mask, batch, T, who):
+    """The mask as booleans: booleans, or numbers that are all 0 or 1. Anything else (0.3, NaN,
+    strings) would be read as True without a word."""
+    m = np.asarray(mask.data if isinstance(mask, Tensor) else mask)
+    if m.dtype.kind not in "biuf":
+        raise TypeError(f"{who}: mask must hold booleans (or 0/1), got dtype {m.dtype}")
+    if m.shape != (batch, T):
+        raise ValueError(f"{who}: mask must have shape {(batch, T)} (batch, time); got {m.shape}")
+    if m.dtype.kind != "b":
+        bad = m[(m != 0) & (m != 1)]          # NaN is neither
+        if bad.size:
+            raise ValueError(f"{who}: mask must hold booleans or 0/1, got the value {bad.flat[0].item()!r}")
+        m = m != 0
+    return m
+
+
 class _Recurrent(Module):
     """Shared by cells and layers: the Parameters ``U``, ``W``, ``b`` and Keras-style weights."""
 
@@ -229,10 +245,7 @@ class _Layer(_Recurrent):
         step, params = type(self).step, (self.U, self.W, self.b)
         xs = x.transpose(1, 0, 2)                                   # time-major
         if mask is not None:
-            m = np.asarray(mask.data if isinstance(mask, Tensor) else mask)
-            if m.shape != (batch, T):
-                raise ValueError(f"{who}: mask must have shape {(batch, T)} (batch, time); got {m.shape}")
-            xs = (xs, Tensor(np.ascontiguousarray(m.astype(bool).T[:, :, None])))
+            xs = (xs, Tensor(np.ascontiguousarray(_check_mask(mask, batch, T, who).T[:, :, None])))
         want_ys = self.return_sequences
 
         def body(carry, inp):
