@@ -6,7 +6,7 @@
 """
 # ruff: noqa: F401, I001  (this file is the public namespace; nn comes after what it builds on)
 from . import allocator      # first: sets malloc up for repeated large steps (see its docstring)
-from .tensor import Node, Tensor
+from .tensor import Node, Tensor, get_default_dtype, set_default_dtype
 from . import ops
 from .engine import (Contribution, detect_anomaly, enable_grad, graph_size, is_grad_enabled, no_grad, primitive,
                      record_contributions, set_grad_enabled, timestep, unbroadcast)

@@ -7,7 +7,7 @@ import numpy as np
 
 from . import ops
 from .random import get_rng
-from .tensor import Tensor
+from .tensor import Tensor, get_default_dtype
 
 __all__ = ["sum", "max", "min", "reshape", "transpose",
            "mean", "var", "softmax", "log_softmax", "logsumexp", "expand_dims", "squeeze", "split",
@@ -185,19 +185,21 @@ def tensor(data, requires_grad=False, dtype=None):
     return Tensor(data, requires_grad=requires_grad, dtype=dtype)
 
 
-def zeros(*shape, dtype=np.float64, requires_grad=False):
-    return Tensor(np.zeros(_shape(shape), dtype), requires_grad)
+def zeros(*shape, dtype=None, requires_grad=False):
+    """Zeros of ``shape`` in ``dtype`` (by default ``mg.get_default_dtype()``)."""
+    return Tensor(np.zeros(_shape(shape), _dtype(dtype)), requires_grad)
 
 
-def ones(*shape, dtype=np.float64, requires_grad=False):
-    return Tensor(np.ones(_shape(shape), dtype), requires_grad)
+def ones(*shape, dtype=None, requires_grad=False):
+    return Tensor(np.ones(_shape(shape), _dtype(dtype)), requires_grad)
 
 
-def full(shape, value, dtype=np.float64, requires_grad=False):
-    return Tensor(np.full(_shape((shape,)), value, dtype), requires_grad)
+def full(shape, value, dtype=None, requires_grad=False):
+    return Tensor(np.full(_shape((shape,)), value, _dtype(dtype)), requires_grad)
 
 
 def zeros_like(t, requires_grad=False):
+    """Zeros of ``t``'s shape and dtype."""
     return Tensor(np.zeros_like(t.data if isinstance(t, Tensor) else t), requires_grad)
 
 
@@ -205,18 +207,24 @@ def ones_like(t, requires_grad=False):
     return Tensor(np.ones_like(t.data if isinstance(t, Tensor) else t), requires_grad)
 
 
-def randn(*shape, dtype=np.float64, requires_grad=False, rng=None):
+def randn(*shape, dtype=None, requires_grad=False, rng=None):
+    """Standard normal draws from the shared generator (``mg.seed``) unless ``rng`` is given."""
     rng = get_rng() if rng is None else rng
-    return Tensor(rng.standard_normal(_shape(shape)).astype(dtype), requires_grad)
+    return Tensor(rng.standard_normal(_shape(shape)).astype(_dtype(dtype)), requires_grad)
 
 
-def rand(*shape, dtype=np.float64, requires_grad=False, rng=None):
+def rand(*shape, dtype=None, requires_grad=False, rng=None):
+    """Uniform draws in [0, 1), as ``randn``."""
     rng = get_rng() if rng is None else rng
-    return Tensor(rng.random(_shape(shape)).astype(dtype), requires_grad)
+    return Tensor(rng.random(_shape(shape)).astype(_dtype(dtype)), requires_grad)
 
 
-def arange(*args, dtype=np.float64, requires_grad=False):
-    return Tensor(np.arange(*args, dtype=dtype), requires_grad)
+def arange(*args, dtype=None, requires_grad=False):
+    return Tensor(np.arange(*args, dtype=_dtype(dtype)), requires_grad)
+
+
+def _dtype(dtype):
+    return get_default_dtype() if dtype is None else dtype
 
 
 def _shape(shape):

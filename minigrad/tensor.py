@@ -31,6 +31,31 @@ def _check_not_traced(t, what):
             f"would be frozen at the first step. Use Tensor ops (and .detach() to stop gradients).")
 
 
+_DEFAULT_DTYPE = [np.dtype(np.float32)]     # a list, so the functions below rebind nothing global
+
+
+def get_default_dtype() -> np.dtype:
+    """The dtype of Tensors made from Python numbers and lists, of the factories (``mg.zeros``,
+    ``mg.randn``...) and of new layers' parameters: float32 unless ``set_default_dtype`` changed it."""
+    return _DEFAULT_DTYPE[0]
+
+
+def set_default_dtype(dtype) -> None:
+    """Make ``dtype`` (float32 or float64) the default dtype (see ``get_default_dtype``).
+
+    It applies to what is made afterwards; existing Tensors and layers keep their dtype, and
+    numpy arrays always keep their own. Gradient checks want float64:
+    ``mg.set_default_dtype(np.float64)``, or float64 arrays.
+    """
+    try:
+        dt = None if dtype is None else np.dtype(dtype)     # np.dtype(None) would be float64
+    except TypeError:
+        dt = None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"set_default_dtype: the default dtype must be float32 or float64, got {dtype!r}")
+    _DEFAULT_DTYPE[0] = dt
+
+
 def _as_array(data, dtype):
     if dtype is not None:
         return np.asarray(data, dtype=dtype)
@@ -39,8 +64,8 @@ def _as_array(data, dtype):
     arr = np.asarray(data)
     if isinstance(data, np.generic):
         return arr
-    if arr.dtype.kind in "biu":       # Python numbers and lists: float64, as documented
-        arr = arr.astype(np.float64)
+    if arr.dtype.kind in "biu" or arr.dtype == np.float64:    # Python numbers and lists: the default dtype
+        arr = arr.astype(_DEFAULT_DTYPE[0], copy=False)
     return arr
 
 
@@ -79,7 +104,8 @@ class Tensor:
     ----------
     data : array_like
         A float ndarray keeps its dtype (and its memory: no copy is made); Python numbers
-        and lists become float64 unless ``dtype`` is given.
+        and lists take the default dtype (``mg.get_default_dtype()``, float32 unless changed)
+        unless ``dtype`` is given.
     requires_grad : bool
         Record ops on this tensor so ``backward`` can compute its gradient (float dtypes only).
     dtype : numpy dtype, optional
@@ -217,7 +243,7 @@ class Tensor:
     def __repr__(self):
         body = np.array2string(self._data, separator=", ", prefix="Tensor(", threshold=50, precision=4)
         extra = ""
-        if self._data.dtype != np.float64:
+        if self._data.dtype != _DEFAULT_DTYPE[0]:
             extra += f", dtype={self._data.dtype}"
         if self._op is not None:
             extra += f", op={self._op}"

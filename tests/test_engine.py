@@ -28,7 +28,7 @@ def _unrolled_rnn(W, T=3):
 
 
 def test_shared_weight_gets_the_sum_of_every_step():
-    W = mg.Tensor(0.5, requires_grad=True)
+    W = mg.Tensor(0.5, requires_grad=True, dtype=np.float64)
     _unrolled_rnn(W).backward()
     assert abs(W.grad - 0.6245764637) < 1e-9
 
@@ -46,7 +46,7 @@ def test_shared_weight_gets_the_sum_of_every_step():
 
 
 def test_shared_weight_gradient_matches_finite_differences():
-    assert mg.gradcheck(_unrolled_rnn, [mg.Tensor(0.5, requires_grad=True)], atol=1e-8, rtol=1e-6)
+    assert mg.gradcheck(_unrolled_rnn, [mg.Tensor(0.5, requires_grad=True, dtype=np.float64)], atol=1e-8, rtol=1e-6)
 
 
 def test_a_tensor_used_twice_in_one_op_gets_both_gradients():
@@ -56,7 +56,7 @@ def test_a_tensor_used_twice_in_one_op_gets_both_gradients():
 
 
 def test_diamond_graph_sums_both_paths():
-    x = mg.Tensor(2.0, requires_grad=True)
+    x = mg.Tensor(2.0, requires_grad=True, dtype=np.float64)
     a = x * 3.0
     y = a.exp() + a * a                    # a reaches y along two paths
     y.backward()
@@ -68,7 +68,7 @@ def test_diamond_graph_sums_both_paths():
 def test_chain_of_100k_ops_backpropagates_iteratively():
     n = 100_000
     c = 1.0 + 1e-5
-    x = mg.Tensor(0.5, requires_grad=True)
+    x = mg.Tensor(0.5, requires_grad=True, dtype=np.float64)
     y = x
     for _ in range(n):
         y = y * c
@@ -424,10 +424,10 @@ def test_tensor_attributes():
 
 
 def test_repr_is_readable():
-    x = mg.Tensor([1.0, 2.5], requires_grad=True)
+    x = mg.Tensor([1.0, 2.5], requires_grad=True)          # the default dtype is not shown
     assert repr(x) == "Tensor([1. , 2.5], requires_grad=True)"
     assert repr(x * 2.0) == "Tensor([2., 5.], op=multiply)"
-    assert "dtype=float32" in repr(mg.Tensor(np.ones(2, np.float32)))
+    assert "dtype=float64" in repr(mg.Tensor(np.ones(2, np.float64)))
     big = repr(mg.Tensor(np.zeros(1000)))
     assert "..." in big and len(big) < 200
 

@@ -669,12 +669,12 @@ def test_shapes_of_outputs_and_states(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_input_data_is_converted_to_the_layers_dtype(kind):
-    """As the other layers: data (arrays, Tensors outside a graph) takes the layer's dtype; a float64
-    Tensor that requires grad is refused rather than changing precision inside a graph."""
+    """As the other layers: an input or state of another dtype is cast to the layer's, whether or
+    not it requires grad; a float64 Tensor in a graph gets its gradient back in float64."""
     layer_cls, cell_cls, n, _ = KINDS[kind]
     layer, cell = layer_cls(3, 2), cell_cls(3, 2)                            # float32
-    x = mg.randn(4, 5, 3)                                                    # float64
-    states = tuple(mg.randn(4, 2) for _ in range(n))
+    x = mg.randn(4, 5, 3, dtype=np.float64)
+    states = tuple(mg.randn(4, 2, dtype=np.float64) for _ in range(n))
     want = layer(mg.Tensor(x.numpy().astype(np.float32)),
                  initial_state=tuple(mg.Tensor(s.numpy().astype(np.float32)) for s in states))
     for got in (layer(x, initial_state=states), layer(x.numpy(), initial_state=[s.numpy() for s in states])):
@@ -682,8 +682,12 @@ def test_input_data_is_converted_to_the_layers_dtype(kind):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
     out = cell(x[:, 0], states if n > 1 else states[0])
     assert all(o.dtype == np.float32 for o in (out if n > 1 else (out,)))
-    with pytest.raises(TypeError, match="requires grad"):
-        layer(mg.randn(4, 5, 3, requires_grad=True))
+    xg = mg.Tensor(x.numpy(), requires_grad=True)
+    got = layer(xg)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got.numpy(), layer(x).numpy())
+    got.sum().backward()
+    assert xg.grad.dtype == np.float64 and xg.grad.shape == xg.shape and np.any(xg.grad != 0)
 
 
 def test_float32_layers_agree_with_float64():

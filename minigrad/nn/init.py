@@ -11,13 +11,15 @@ Defaults used by the layers (documented there too):
   both from ``U(-1/sqrt(in), 1/sqrt(in))``).
 - ``Embedding``: ``uniform(-0.05, 0.05)`` (Keras; PyTorch uses ``N(0, 1)``).
 
-Random draws come from the shared generator (``mg.seed``) unless ``rng`` is given.
+Arrays have ``dtype``, by default ``mg.get_default_dtype()``. Random draws come from the shared
+generator (``mg.seed``) unless ``rng`` is given.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..random import get_rng
+from ..tensor import get_default_dtype
 
 __all__ = ["compute_fans", "glorot_uniform", "he_uniform", "orthogonal", "uniform", "normal", "zeros", "ones",
            "constant"]
@@ -38,31 +40,35 @@ def _rng(rng):
     return get_rng() if rng is None else rng
 
 
-def uniform(shape, low=-0.05, high=0.05, dtype=np.float32, rng=None) -> np.ndarray:
+def _dtype(dtype):
+    return get_default_dtype() if dtype is None else dtype
+
+
+def uniform(shape, low=-0.05, high=0.05, dtype=None, rng=None) -> np.ndarray:
     """Draws from ``U(low, high)``."""
-    return _rng(rng).uniform(low, high, size=tuple(shape)).astype(dtype)
+    return _rng(rng).uniform(low, high, size=tuple(shape)).astype(_dtype(dtype))
 
 
-def normal(shape, mean=0.0, std=1.0, dtype=np.float32, rng=None) -> np.ndarray:
+def normal(shape, mean=0.0, std=1.0, dtype=None, rng=None) -> np.ndarray:
     """Draws from ``N(mean, std**2)``."""
-    return (mean + std * _rng(rng).standard_normal(tuple(shape))).astype(dtype)
+    return (mean + std * _rng(rng).standard_normal(tuple(shape))).astype(_dtype(dtype))
 
 
-def glorot_uniform(shape, gain=1.0, dtype=np.float32, rng=None) -> np.ndarray:
+def glorot_uniform(shape, gain=1.0, dtype=None, rng=None) -> np.ndarray:
     """Glorot (Xavier) uniform: ``U(-a, a)`` with ``a = gain * sqrt(6 / (fan_in + fan_out))``."""
     fan_in, fan_out = compute_fans(shape)
     limit = gain * np.sqrt(6.0 / (fan_in + fan_out))
     return uniform(shape, -limit, limit, dtype, rng)
 
 
-def he_uniform(shape, dtype=np.float32, rng=None) -> np.ndarray:
+def he_uniform(shape, dtype=None, rng=None) -> np.ndarray:
     """He (Kaiming) uniform for ReLU layers: ``U(-a, a)`` with ``a = sqrt(6 / fan_in)``."""
     fan_in, _ = compute_fans(shape)
     limit = np.sqrt(6.0 / fan_in)
     return uniform(shape, -limit, limit, dtype, rng)
 
 
-def orthogonal(shape, gain=1.0, dtype=np.float32, rng=None) -> np.ndarray:
+def orthogonal(shape, gain=1.0, dtype=None, rng=None) -> np.ndarray:
     """A (semi-)orthogonal matrix, as Keras's ``Orthogonal``: the Q of the QR decomposition of a
     Gaussian matrix, sign-corrected so the draw is uniform over orthogonal matrices. Leading axes
     are flattened into rows; for ``rows < cols`` the rows are orthonormal, else the columns."""
@@ -76,16 +82,16 @@ def orthogonal(shape, gain=1.0, dtype=np.float32, rng=None) -> np.ndarray:
     q *= np.sign(np.diag(r))
     if rows < cols:
         q = q.T
-    return (gain * q).reshape(shape).astype(dtype)
+    return (gain * q).reshape(shape).astype(_dtype(dtype))
 
 
-def zeros(shape, dtype=np.float32) -> np.ndarray:
-    return np.zeros(tuple(shape), dtype)
+def zeros(shape, dtype=None) -> np.ndarray:
+    return np.zeros(tuple(shape), _dtype(dtype))
 
 
-def ones(shape, dtype=np.float32) -> np.ndarray:
-    return np.ones(tuple(shape), dtype)
+def ones(shape, dtype=None) -> np.ndarray:
+    return np.ones(tuple(shape), _dtype(dtype))
 
 
-def constant(shape, value, dtype=np.float32) -> np.ndarray:
-    return np.full(tuple(shape), value, dtype)
+def constant(shape, value, dtype=None) -> np.ndarray:
+    return np.full(tuple(shape), value, _dtype(dtype))

@@ -1,8 +1,9 @@
 """Layers built from Tensor ops only: none has a gradient of its own.
 
-Parameters take the layer's ``dtype`` (float32 by default). Input data (arrays, lists, Tensors
-that do not require grad) is converted to that dtype, as Keras does; a Tensor that requires
-grad and has another dtype is an error, rather than a silent change of precision inside a graph.
+Parameters take the layer's ``dtype``: by default ``mg.get_default_dtype()`` (float32 unless
+``mg.set_default_dtype`` changed it) when the layer is built. An input of another dtype is cast
+to the layer's, as Keras does, whether or not it requires grad: a Tensor in a graph through a
+recorded cast, so its gradient comes back in its own dtype. (PyTorch raises instead.)
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import ops
-from ..tensor import Tensor
+from ..tensor import Tensor, get_default_dtype
 from . import functional as F
 from . import init
 from .module import Module, Parameter
@@ -19,8 +20,9 @@ from .module import Module, Parameter
 __all__ = ["Linear", "Embedding", "Dropout", "ReLU", "Tanh", "Sigmoid", "Sequential"]
 
 
-def _float_dtype(dtype, layer):
-    dtype = np.dtype(dtype)
+def float_dtype(dtype, layer: str) -> np.dtype:
+    """A layer's parameter dtype: ``dtype``, or the default dtype if None; floating point only."""
+    dtype = get_default_dtype() if dtype is None else np.dtype(dtype)
     if dtype.kind != "f":
         raise TypeError(f"{layer}: dtype must be a floating-point type, got {dtype}")
     return dtype
@@ -33,19 +35,16 @@ def _positive_int(value, what, layer):
 
 
 def as_input(x, dtype, layer: str) -> Tensor:
-    """``x`` as a Tensor of the layer's float ``dtype``: data is converted; a Tensor in a graph
-    (``requires_grad``) must already have that dtype (a clear TypeError otherwise)."""
-    if isinstance(x, Tensor):
-        if x.dtype == dtype:
-            return x
-        if x.requires_grad:
-            raise TypeError(f"{layer}: input has dtype {x.dtype} but the layer's parameters are {dtype}; "
-                            f"convert the input with .astype(np.{dtype}) or build the layer with dtype=np.{x.dtype}")
-        x = x.data
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{layer}: input must be numeric, got dtype {arr.dtype}")
-    return Tensor(arr.astype(dtype, copy=False))
+    """``x`` as a Tensor of the layer's float ``dtype``. One rule whether or not ``x`` requires
+    grad: another numeric dtype is cast (a Tensor by the recorded ``astype``, so its gradient
+    comes back in its own dtype); a non-numeric one is a TypeError naming the layer."""
+    if not isinstance(x, Tensor):
+        x = Tensor(np.asarray(x))          # an ndarray keeps its dtype, to be cast below
+    if x.dtype == dtype:
+        return x
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{layer}: input must be numeric, got dtype {x.dtype}")
+    return ops.astype(x, dtype=dtype)
 
 
 class Linear(Module):
@@ -56,11 +55,11 @@ class Linear(Module):
     ``(..., in_features)``, output ``(..., out_features)``.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=None):
         super().__init__()
         self.in_features = _positive_int(in_features, "in_features", "Linear")
         self.out_features = _positive_int(out_features, "out_features", "Linear")
-        self.dtype = _float_dtype(dtype, "Linear")
+        self.dtype = float_dtype(dtype, "Linear")
         self.weight = Parameter(init.glorot_uniform((self.in_features, self.out_features), dtype=self.dtype))
         self.bias = Parameter(init.zeros((self.out_features,), dtype=self.dtype)) if bias else None
 
@@ -89,11 +88,11 @@ class Embedding(Module):
 
     input_dtype = np.int64   # what summary() feeds it
 
-    def __init__(self, num_embeddings: int, dim: int, dtype=np.float32):
+    def __init__(self, num_embeddings: int, dim: int, dtype=None):
         super().__init__()
         self.num_embeddings = _positive_int(num_embeddings, "num_embeddings", "Embedding")
         self.dim = _positive_int(dim, "dim", "Embedding")
-        self.dtype = _float_dtype(dtype, "Embedding")
+        self.dtype = float_dtype(dtype, "Embedding")
         self.weight = Parameter(init.uniform((self.num_embeddings, self.dim), -0.05, 0.05, dtype=self.dtype))
 
     def forward(self, indices):

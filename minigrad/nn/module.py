@@ -11,7 +11,7 @@ from collections import namedtuple
 import numpy as np
 
 from ..io import CheckpointError
-from ..tensor import Tensor
+from ..tensor import Tensor, _as_array
 from .utils import zero_grads
 
 __all__ = ["Parameter", "Module", "ModuleList", "IncompatibleKeys", "functional_call"]
@@ -20,14 +20,15 @@ __all__ = ["Parameter", "Module", "ModuleList", "IncompatibleKeys", "functional_
 class Parameter(Tensor):
     """A Tensor that a ``Module`` owns and an optimizer updates: it requires grad by default and
     is registered by assigning it to a module attribute. Floating-point dtypes only. Like
-    ``Tensor``, it keeps the memory of an ndarray it is given (no copy)."""
+    ``Tensor``, it keeps the memory (and dtype) of an ndarray it is given (no copy); Python
+    numbers and lists take the default dtype."""
 
     __slots__ = ()
 
     def __init__(self, data, requires_grad: bool = True, dtype=None):
         if isinstance(data, Tensor):
             data = data.data
-        arr = np.asarray(data) if dtype is None else np.asarray(data, dtype=dtype)
+        arr = _as_array(data, dtype)
         if arr.dtype.kind != "f":
             raise TypeError(f"Parameter: parameters must have a floating-point dtype, got {arr.dtype}")
         super().__init__(arr, requires_grad=requires_grad)

@@ -31,6 +31,7 @@ from ..engine import gc_paused, timestep
 from ..scan import TraceMemo, _scan
 from ..tensor import Tensor
 from . import init
+from .layers import as_input, float_dtype
 from .module import Module, Parameter
 
 __all__ = ["lstm_step", "gru_step", "rnn_step", "LSTMCell", "GRUCell", "RNNCell", "LSTM", "GRU", "RNN"]
@@ -96,14 +97,6 @@ def _rnn_params(input_size, hidden_size, dtype, _):
             init.zeros((hidden_size,), dtype))
 
 
-def _as_layer_dtype(t, dtype):
-    """Data (arrays, lists, Tensors that do not require grad) in the layer's dtype, as the other
-    layers do; a Tensor in a graph is kept, and refused by the checks if its dtype differs."""
-    if isinstance(t, Tensor) and (t.requires_grad or t.dtype == dtype):
-        return t
-    return Tensor(np.asarray(t.data if isinstance(t, Tensor) else t, dtype))
-
-
 def _check_mask(mask, batch, T, who):
     """The mask as booleans: booleans, or numbers that are all 0 or 1. Anything else (0.3, NaN,
     strings) would be read as True without a word."""
@@ -133,9 +126,7 @@ class _Recurrent(Module):
             raise ValueError(f"{type(self).__name__}: input_size and hidden_size must be positive, "
                              f"got {input_size} and {hidden_size}")
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
-        self.dtype = np.dtype(dtype)
-        if self.dtype.kind != "f":
-            raise TypeError(f"{type(self).__name__}: dtype must be floating point, got {self.dtype}")
+        self.dtype = float_dtype(dtype, type(self).__name__)
         U, W, b = type(self).make_params(self.input_size, self.hidden_size, self.dtype, unit_forget_bias)
         self.U, self.W, self.b = Parameter(U), Parameter(W), Parameter(b)
 
@@ -164,7 +155,7 @@ class _Recurrent(Module):
             raise ValueError(f"{who}: expected {self.n_states} state tensor(s), got {len(state)}")
         out = []
         for s in state:
-            s = _as_layer_dtype(s, self.dtype)
+            s = as_input(s, self.dtype, who)
             if s.shape != (batch, self.hidden_size) or s.dtype != self.dtype:
                 raise ValueError(f"{who}: a state must have shape {(batch, self.hidden_size)} and dtype "
                                  f"{self.dtype}; got {s.shape} {s.dtype}")
@@ -172,13 +163,10 @@ class _Recurrent(Module):
         return tuple(out)
 
     def _check_input(self, x, ndim, who):
-        x = _as_layer_dtype(x, self.dtype)
+        x = as_input(x, self.dtype, who)
         if x.ndim != ndim or x.shape[-1] != self.input_size:
             want = "(batch, time, features)" if ndim == 3 else "(batch, features)"
             raise ValueError(f"{who}: input must be {want} with features = {self.input_size}; got shape {x.shape}")
-        if x.dtype != self.dtype:
-            raise TypeError(f"{who}: input dtype {x.dtype} does not match the layer's dtype {self.dtype} (a Tensor "
-                            f"that requires grad is not converted; use .astype or build the layer with its dtype)")
         return x
 
     def extra_repr(self):
@@ -202,7 +190,7 @@ class LSTMCell(_Cell):
     orthogonal W, zero b with the forget-gate block set to 1 (``unit_forget_bias=False``: all 0)."""
     step, make_params, n_states = staticmethod(lstm_step), staticmethod(_lstm_params), 2
 
-    def __init__(self, input_size, hidden_size, *, dtype=np.float32, unit_forget_bias=True):
+    def __init__(self, input_size, hidden_size, *, dtype=None, unit_forget_bias=True):
         super().__init__(input_size, hidden_size, dtype, unit_forget_bias)
 
 
@@ -210,7 +198,7 @@ class GRUCell(_Cell):
     """One GRU step: ``cell(x_t, h) -> h``. See ``gru_step`` for the layout."""
     step, make_params = staticmethod(gru_step), staticmethod(_gru_params)
 
-    def __init__(self, input_size, hidden_size, *, dtype=np.float32):
+    def __init__(self, input_size, hidden_size, *, dtype=None):
         super().__init__(input_size, hidden_size, dtype)
 
 
@@ -218,7 +206,7 @@ class RNNCell(_Cell):
     """One tanh RNN step: ``cell(x_t, h) -> h``. ``U`` (input, H), ``W`` (H, H), ``b`` (H,)."""
     step, make_params = staticmethod(rnn_step), staticmethod(_rnn_params)
 
-    def __init__(self, input_size, hidden_size, *, dtype=np.float32):
+    def __init__(self, input_size, hidden_size, *, dtype=None):
         super().__init__(input_size, hidden_size, dtype)
 
 
@@ -288,7 +276,7 @@ class LSTM(_Layer):
     step, make_params, n_states = staticmethod(lstm_step), staticmethod(_lstm_params), 2
 
     def __init__(self, input_size, hidden_size, *, return_sequences=False, return_state=False, unroll=False,
-                 dtype=np.float32, unit_forget_bias=True):
+                 dtype=None, unit_forget_bias=True):
         super().__init__(input_size, hidden_size, return_sequences, return_state, unroll, dtype, unit_forget_bias)
 
 
@@ -300,7 +288,7 @@ class GRU(_Layer):
     step, make_params = staticmethod(gru_step), staticmethod(_gru_params)
 
     def __init__(self, input_size, hidden_size, *, return_sequences=False, return_state=False, unroll=False,
-                 dtype=np.float32):
+                 dtype=None):
         super().__init__(input_size, hidden_size, return_sequences, return_state, unroll, dtype)
 
 
@@ -309,5 +297,5 @@ class RNN(_Layer):
     step, make_params = staticmethod(rnn_step), staticmethod(_rnn_params)
 
     def __init__(self, input_size, hidden_size, *, return_sequences=False, return_state=False, unroll=False,
-                 dtype=np.float32):
+                 dtype=None):
         super().__init__(input_size, hidden_size, return_sequences, return_state, unroll, dtype)
