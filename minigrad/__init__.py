@@ -2,7 +2,7 @@
 
 ``import minigrad as mg``: ``mg.Tensor`` with reverse-mode autodiff, ``mg.primitive`` for ops
 (the library's and yours), ``mg.gradcheck``, ``mg.scan`` for looped recurrences, ``mg.nn``,
-``mg.optim``, ``mg.save`` / ``mg.load``, ``mg.to_dot`` / ``mg.draw`` (a picture of the graph).
+``mg.optim``, ``mg.data``, ``mg.save`` / ``mg.load``, ``mg.to_dot`` / ``mg.draw`` (a picture of the graph).
 """
 # ruff: noqa: F401, I001  (this file is the public namespace; nn comes after what it builds on)
 from . import allocator      # first: sets malloc up for repeated large steps (see its docstring)
@@ -21,6 +21,6 @@ from .scan import scan
 from .io import CheckpointError, load, save
 from .viz import draw, to_dot
 from .random import get_rng, seed
-from . import nn, optim, interop
+from . import data, nn, optim, interop
 
 __version__ = "0.1.0"
