@@ -21,29 +21,40 @@ def have_tqdm() -> bool:
     return True
 
 
-def progress(iterable=None, total=None, desc=None, disable=False, file=None, backend="auto"):
+def progress(iterable=None, total=None, desc=None, disable=False, file=None, backend="auto", interval=1.0):
     """A progress bar over ``iterable`` (``total`` defaults to its ``len``).
 
     Parameters
     ----------
     backend : ``'auto'`` | ``'tqdm'`` | ``'plain'``
-        ``'auto'`` uses tqdm if it is importable and ``MINIGRAD_PLAIN_PROGRESS`` is not set.
+        ``'auto'`` uses tqdm if it is importable, the output is a terminal, and
+        ``MINIGRAD_PLAIN_PROGRESS`` is not set; off a terminal (a log file, CI) it uses the plain
+        bar, which writes whole lines instead of redrawing one.
     disable : bool
         Show nothing (iteration still works).
+    interval : float or None
+        The plain bar's seconds between lines off a terminal (and between redraws on one); None:
+        only the final line, when the bar closes.
     """
     if backend not in ("auto", "tqdm", "plain"):
         raise ValueError(f"progress: backend must be 'auto', 'tqdm' or 'plain', got {backend!r}")
     use_tqdm = backend == "tqdm" or (backend == "auto" and not os.environ.get("MINIGRAD_PLAIN_PROGRESS")
-                                     and have_tqdm())
+                                     and _isatty(sys.stderr if file is None else file) and have_tqdm())
     if use_tqdm:
         from tqdm.auto import tqdm
         return tqdm(iterable, total=total, desc=desc, disable=disable, file=file)
-    return PlainProgress(iterable, total=total, desc=desc, disable=disable, file=file)
+    return PlainProgress(iterable, total=total, desc=desc, disable=disable, file=file, interval=interval)
+
+
+def _isatty(out) -> bool:
+    isatty = getattr(out, "isatty", None)
+    return bool(isatty and isatty())
 
 
 class PlainProgress:
     """The fallback bar: ``desc: 40/100 [40%] 1.2s, loss=0.31``. On a terminal it redraws one
-    line; elsewhere (logs, CI) it prints a line at most every ``interval`` seconds, plus the last."""
+    line; elsewhere (logs, CI) it prints a line at most every ``interval`` seconds, plus the last
+    when it closes. With ``interval=None``, only that last line."""
 
     def __init__(self, iterable=None, total=None, desc=None, disable=False, file=None, interval=1.0, width=20):
         if total is None and iterable is not None:
@@ -64,8 +75,7 @@ class PlainProgress:
         return self.file if self.file is not None else sys.stderr
 
     def _tty(self):
-        isatty = getattr(self._out(), "isatty", None)
-        return bool(isatty and isatty())
+        return _isatty(self._out())
 
     def format(self) -> str:
         elapsed = time.perf_counter() - self._start
@@ -85,7 +95,7 @@ class PlainProgress:
         if self.disable:
             return
         now = time.perf_counter()
-        if not final and now - self._last < self.interval:
+        if not final and (self.interval is None or now - self._last < self.interval):
             return
         self._last = now
         out = self._out()
@@ -97,7 +107,7 @@ class PlainProgress:
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        self._draw(final=self.total is not None and self.n >= self.total)
+        self._draw()
 
     def set_postfix(self, ordered_dict=None, refresh=True, **values) -> None:
         self.postfix = {**(ordered_dict or {}), **values}
@@ -107,8 +117,7 @@ class PlainProgress:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self.total is None or self.n < self.total:
-                self._draw(final=True)
+            self._draw(final=True)
 
     def __iter__(self):
         if self.iterable is None:

@@ -639,16 +639,16 @@ def test_fit_trains_and_reports_history():
     model = nn.Linear(3, 1)
     hist = nn.fit(model, nn.MSELoss(), mg.optim.SGD(model.parameters(), lr=0.1), x, y, epochs=30, batch_size=16,
                   validation_data=(x, y), verbose=False)
-    assert len(hist["loss"]) == 30 and len(hist["val_loss"]) == 30
-    assert hist["loss"][-1] < 1e-3 * hist["loss"][0]
-    assert hist["val_loss"][-1] == pytest.approx(nn.evaluate(model, nn.MSELoss(), x, y))
+    assert len(hist.history["loss"]) == 30 and len(hist.history["val_loss"]) == 30
+    assert hist.history["loss"][-1] < 1e-3 * hist.history["loss"][0]
+    assert hist.history["val_loss"][-1] == pytest.approx(nn.evaluate(model, nn.MSELoss(), x, y))
 
 
 def test_fit_accepts_batches_and_rejects_one_shot_iterators_for_many_epochs():
     model = nn.Linear(2, 1)
     opt = mg.optim.SGD(model.parameters(), lr=0.01)
     data = [(np.ones((4, 2)), np.zeros((4, 1)))] * 3
-    assert len(nn.fit(model, nn.MSELoss(), opt, data, epochs=2, verbose=False)["loss"]) == 2
+    assert len(nn.fit(model, nn.MSELoss(), opt, data, epochs=2, verbose=False).history["loss"]) == 2
     with pytest.raises(ValueError, match="one-shot iterator"):
         nn.fit(model, nn.MSELoss(), opt, iter(data), epochs=2, verbose=False)
 
@@ -689,11 +689,14 @@ def test_progress_uses_tqdm_when_installed(monkeypatch):
     monkeypatch.setitem(sys.modules, "tqdm", fake)
     monkeypatch.setitem(sys.modules, "tqdm.auto", fake_auto)
     monkeypatch.delenv("MINIGRAD_PLAIN_PROGRESS", raising=False)
-    bar = progress(range(3), total=3, desc="epoch 1")
+    terminal = io.StringIO()
+    terminal.isatty = lambda: True
+    bar = progress(range(3), total=3, desc="epoch 1", file=terminal)
     assert isinstance(bar, FakeTqdm) and list(bar) == [0, 1, 2]
-    assert made == [dict(total=3, desc="epoch 1", disable=False, file=None)]
+    assert made == [dict(total=3, desc="epoch 1", disable=False, file=terminal)]
+    assert isinstance(progress(range(3), file=io.StringIO()), PlainProgress)    # a log file: whole lines
     monkeypatch.setenv("MINIGRAD_PLAIN_PROGRESS", "1")
-    assert isinstance(progress(range(3)), PlainProgress)
+    assert isinstance(progress(range(3), file=terminal), PlainProgress)
 
 
 def test_progress_with_real_tqdm():
