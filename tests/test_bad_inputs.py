@@ -82,6 +82,13 @@ def poly_features_weight_grad():
     return bool(np.isfinite(lin.weight.grad).all())
 
 
+def gradcheck_lstm32():
+    mg.seed(0)
+    lstm = nn.LSTM(2, 3, dtype=np.float32)
+    x32 = mg.Tensor(np.random.default_rng(0).standard_normal((2, 3, 2)).astype(np.float32), requires_grad=True)
+    return mg.gradcheck(lambda x: lstm(x).sum(), [x32])
+
+
 X23 = np.arange(6.0).reshape(2, 3)
 LOG2 = np.log(2.0)
 SIG = lambda v: 1 / (1 + np.exp(-v))   # noqa: E731
@@ -194,6 +201,8 @@ ROWS = [
     Row("backward of a tensor that needs no grad", lambda: mg.Tensor(1.0).backward(),
         Raises(RuntimeError, ("backward", "requires_grad"))),
     Row("SGD with lr=-1", lambda: mg.optim.SGD([nn.Parameter(np.ones(2))], lr=-1.0), Raises(ValueError, ("SGD", "lr"))),
+    Row("gradcheck of a float32 LSTM checks in float32, warning that it is weak", lambda: gradcheck_lstm32(),
+        Warns(UserWarning, ("gradcheck", "float32", "weak"), True)),
     # -------------------------------------------------- recurrent masks
     Row("LSTM mask of 0.3", lambda: lstm_with_mask(np.full((2, 4), 0.3)), Raises(ValueError, ("LSTM", "mask", "0.3"))),
     Row("LSTM mask with NaN", lambda: lstm_with_mask(np.where(np.eye(2, 4) > 0, np.nan, 1.0)),

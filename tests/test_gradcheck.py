@@ -108,6 +108,24 @@ def test_gradcheck_warns_for_float32_inputs():
         mg.gradcheck(cube, [x], atol=1e-2, rtol=1e-2)
 
 
+def test_gradcheck_checks_a_float32_model_in_float32_and_warns_that_it_is_weak():
+    mg.seed(0)
+    lstm = mg.nn.LSTM(3, 4, dtype=np.float32)          # refuses float64 input: perturbing in float64 failed
+    x32 = mg.Tensor(np.random.default_rng(0).standard_normal((2, 3, 3)).astype(np.float32), requires_grad=True)
+    with pytest.warns(UserWarning, match="float32.*weak"):
+        assert mg.gradcheck(lambda x: lstm(x).sum(), [x32])
+    with pytest.warns(UserWarning, match="float32"):
+        assert mg.gradcheck(lambda U: lstm(x32).sum(), [lstm.U], fast_mode=True)
+
+
+def test_gradcheck_in_float32_still_catches_a_wrong_gradient():
+    x = mg.Tensor(np.array([0.5, -1.5, 2.0], np.float32), requires_grad=True)
+    with pytest.warns(UserWarning, match="float32"):
+        assert mg.gradcheck(lambda t: cube(t).sum(), [x])
+    with pytest.warns(UserWarning, match="float32"), pytest.raises(mg.GradcheckError, match="Jacobian mismatch"):
+        mg.gradcheck(lambda t: wrong_cube(t).sum(), [x])
+
+
 def test_gradcheck_handles_tuple_outputs_and_several_inputs():
     a, b = _leaf([[1.0, 2.0], [0.5, -1.0]]), _leaf([0.3, -0.7])
     assert mg.gradcheck(lambda a, b: (a @ b, (a * b).sum(axis=0), a.max()), [a, b])
