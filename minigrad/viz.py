@@ -22,8 +22,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import tempfile
 
+from .io import atomic_write
 from .tensor import Tensor
 
 __all__ = ["to_dot", "draw"]
@@ -204,14 +204,5 @@ def draw(tensor: Tensor, path, params=None, format: str | None = None, rankdir: 
             err = result.stderr.decode(errors="replace").strip()
             raise RuntimeError(f"draw: Graphviz 'dot -T{format}' failed (exit {result.returncode}): {err}")
         data = result.stdout
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".minigrad-draw-", suffix="." + format, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: f.write(data))     # the mode open() would give; through symbolic links
     return path

@@ -8,7 +8,13 @@ Gradient conventions at the edges (0 ** 0, NaN in max) are cross-checked against
 """
 from __future__ import annotations
 
+import atexit
+import os
+import pickle
+import shutil
+import tempfile
 import warnings
+import zipfile
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -87,6 +93,30 @@ def gradcheck_lstm32():
     lstm = nn.LSTM(2, 3, dtype=np.float32)
     x32 = mg.Tensor(np.random.default_rng(0).standard_normal((2, 3, 2)).astype(np.float32), requires_grad=True)
     return mg.gradcheck(lambda x: lstm(x).sum(), [x32])
+
+
+FILES = tempfile.mkdtemp(prefix="minigrad-bad-inputs-")
+atexit.register(shutil.rmtree, FILES, True)
+
+
+def checkpoint(kind):
+    """The path of a file of ``kind`` that mg.load must refuse (or read back)."""
+    path = os.path.join(FILES, kind)
+    if kind == "text":
+        with open(path, "w") as f:
+            f.write("loss 0.1\n")
+    elif kind == "pt":                            # the layout torch.save writes
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+    elif kind == "member":
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("w.txt", b"1 2 3")
+    elif kind == "pickle":
+        with open(path, "wb") as f:
+            pickle.dump({"w": np.zeros(2)}, f)
+    else:
+        mg.save({"w": np.zeros(3), "w.npy": np.ones(2)}, path)
+    return path
 
 
 X23 = np.arange(6.0).reshape(2, 3)
@@ -203,6 +233,20 @@ ROWS = [
     Row("SGD with lr=-1", lambda: mg.optim.SGD([nn.Parameter(np.ones(2))], lr=-1.0), Raises(ValueError, ("SGD", "lr"))),
     Row("gradcheck of a float32 LSTM checks in float32, warning that it is weak", lambda: gradcheck_lstm32(),
         Warns(UserWarning, ("gradcheck", "float32", "weak"), True)),
+    # -------------------------------------------------- checkpoints
+    Row("mg.load of a text file", lambda: mg.load(checkpoint("text")), Raises(mg.CheckpointError, ("text file",))),
+    Row("mg.load of a PyTorch file", lambda: mg.load(checkpoint("pt")),
+        Raises(mg.CheckpointError, ("PyTorch", "minigrad.interop"))),
+    Row("mg.load of a zip with a member that is no .npy", lambda: mg.load(checkpoint("member")),
+        Raises(mg.CheckpointError, ("'w.txt'", "not a .npy array"))),
+    Row("mg.load of a pickle", lambda: mg.load(checkpoint("pickle")),
+        Raises(mg.CheckpointError, ("pickle", "never unpickles"))),
+    Row("mg.load over max_bytes", lambda: mg.load(checkpoint("npz"), max_bytes=10),
+        Raises(mg.CheckpointError, ("40 bytes", "max_bytes=10"))),
+    Row("keys 'w' and 'w.npy' keep their own arrays", lambda: [a.tolist() for a in mg.load(checkpoint("npz")).values()],
+        Gives([[0.0, 0.0, 0.0], [1.0, 1.0]])),
+    Row("mg.load of a missing file", lambda: mg.load(os.path.join(FILES, "nothing.npz")),
+        Raises(mg.CheckpointError, ("not found", "nothing.npz"))),
     # -------------------------------------------------- recurrent masks
     Row("LSTM mask of 0.3", lambda: lstm_with_mask(np.full((2, 4), 0.3)), Raises(ValueError, ("LSTM", "mask", "0.3"))),
     Row("LSTM mask with NaN", lambda: lstm_with_mask(np.where(np.eye(2, 4) > 0, np.nan, 1.0)),

@@ -1,9 +1,13 @@
 """mg.save / mg.load and Module.load_state_dict: round trips, atomic writes, and refusing bad checkpoints."""
 import os
 import pickle
+import signal
+import stat
 import subprocess
 import sys
 import textwrap
+import time
+import tracemalloc
 import zipfile
 
 import numpy as np
@@ -152,7 +156,7 @@ def test_load_refuses_object_arrays_and_pickles(tmp_path):
         mg.load(path)
     pickled = tmp_path / "evil.pkl"
     pickled.write_bytes(pickle.dumps({"w": np.zeros(2)}))
-    with pytest.raises(mg.CheckpointError, match="evil.pkl.*not a readable .npz"):
+    with pytest.raises(mg.CheckpointError, match="evil.pkl.*is a pickle file.*never unpickles"):
         mg.load(pickled)
     single = tmp_path / "single.npy"
     np.save(single, np.zeros(3))
@@ -240,3 +244,192 @@ def test_load_state_dict_copies_and_bumps_versions():
     assert np.any(model[0].weight.data != 0)
     with pytest.raises(RuntimeError, match="modified in place"):
         out.backward()
+
+
+# ------------------------------------------------------------------ killed saves, modes, links, names
+
+KILLED_SAVE = """
+import sys, numpy as np, minigrad as mg
+mg.save({"big": np.ones(int(sys.argv[2]) // 8)}, sys.argv[1])
+"""
+
+
+def test_saves_killed_with_sigkill_leave_the_old_file_and_the_next_save_cleans_up(tmp_path):
+    path = tmp_path / "model.npz"
+    mg.save({"w": np.arange(4.0)}, path)
+    old_bytes = path.read_bytes()
+    (tmp_path / "other.npz").write_bytes(b"x")
+    (tmp_path / ".other.npz.0123abcd.tmp").write_bytes(b"x")      # another target's: not ours to remove
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    killed = 0
+    for _ in range(3):
+        child = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(path), str(160 << 20)], env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and child.poll() is None:
+            temps = [f for f in tmp_path.iterdir() if f.name.startswith(".model.npz.")]
+            if temps and temps[0].stat().st_size > (1 << 20):         # mid-write: kill it there
+                child.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.001)
+        child.wait(timeout=60)
+        killed += child.returncode == -signal.SIGKILL
+        assert path.read_bytes() == old_bytes        # the old checkpoint is intact
+        leftovers = [f.name for f in tmp_path.iterdir() if f.name.startswith(".model.npz.")]
+        assert len(leftovers) <= 1                 # each save removed what the one killed before it left
+    assert killed >= 1 and len(leftovers) == 1    # at least one save was killed mid-write
+    mg.save({"w": np.arange(3.0)}, path)
+    assert sorted(os.listdir(tmp_path)) == [".other.npz.0123abcd.tmp", "model.npz", "other.npz"]
+    np.testing.assert_array_equal(mg.load(path)["w"], np.arange(3.0))
+
+
+@pytest.fixture
+def umask():
+    def set_umask(mask):
+        os.umask(mask)
+    old = os.umask(0o022)
+    yield set_umask
+    os.umask(old)
+
+
+def test_new_files_get_the_mode_open_gives_them_and_replaced_files_keep_theirs(tmp_path, umask):
+    path = tmp_path / "model.npz"
+    mg.save({"w": np.zeros(2)}, path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    umask(0o077)
+    mg.save({"w": np.ones(2)}, path)                       # saving over a 0644 file keeps 0644
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    os.chmod(path, 0o600)
+    umask(0o022)
+    mg.save({"w": np.ones(2)}, path)                       # and over a 0600 one, 0600
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    umask(0o027)
+    mg.save({"w": np.zeros(2)}, tmp_path / "new.npz")
+    assert stat.S_IMODE((tmp_path / "new.npz").stat().st_mode) == 0o640
+    loss = (mg.Tensor(np.ones(2), requires_grad=True) * 2.0).sum()
+    mg.draw(loss, tmp_path / "g.dot")
+    assert stat.S_IMODE((tmp_path / "g.dot").stat().st_mode) == 0o640
+
+
+def test_saving_through_a_symbolic_link_updates_its_target(tmp_path):
+    target = tmp_path / "ckpt_100.npz"
+    mg.save({"w": np.zeros(2)}, target)
+    link = tmp_path / "latest.npz"
+    link.symlink_to("ckpt_100.npz")
+    mg.save({"w": np.ones(2)}, link)
+    assert link.is_symlink() and os.readlink(link) == "ckpt_100.npz"
+    np.testing.assert_array_equal(mg.load(target)["w"], np.ones(2))
+    assert sorted(os.listdir(tmp_path)) == ["ckpt_100.npz", "latest.npz"]
+    dangling = tmp_path / "next.npz"
+    dangling.symlink_to("ckpt_200.npz")                    # a link to a file not yet written
+    mg.save({"w": np.full(2, 2.0)}, dangling)
+    np.testing.assert_array_equal(mg.load(tmp_path / "ckpt_200.npz")["w"], np.full(2, 2.0))
+
+
+def test_distinct_keys_round_trip_to_their_own_arrays(tmp_path):
+    state = {"w": np.zeros(1), "w.npy": np.ones(2), "w.npy.npy": np.full(3, 2.0), "a/b": np.full(4, 3.0)}
+    mg.save(state, tmp_path / "c.npz")
+    loaded = mg.load(tmp_path / "c.npz")
+    assert list(loaded) == list(state)
+    for name, value in state.items():
+        np.testing.assert_array_equal(loaded[name], value, err_msg=name)
+
+
+# ------------------------------------------------------------------ bounded memory
+
+def _declaring_archive(path, shape, data_bytes, compression=zipfile.ZIP_DEFLATED):
+    """An .npz whose member declares ``shape`` float64 but holds ``data_bytes`` zero bytes of data."""
+    with zipfile.ZipFile(path, "w", compression=compression) as zf:
+        with zf.open("w.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": shape})
+            block = bytes(1 << 20)
+            for start in range(0, data_bytes, len(block)):
+                f.write(block[:min(len(block), data_bytes - start)])
+
+
+def _peak_while(fn):
+    tracemalloc.start()
+    try:
+        with pytest.raises(mg.CheckpointError) as info:
+            fn()
+        return tracemalloc.get_traced_memory()[1], str(info.value)
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_small_deflated_archive_declaring_a_huge_array_is_refused_with_bounded_memory(tmp_path):
+    path = tmp_path / "bomb.npz"
+    _declaring_archive(path, (1 << 25,), 8 << 25)         # 256 MiB of zeros, deflated to a fraction of 1 MB
+    assert path.stat().st_size < (1 << 20)
+    peak, message = _peak_while(lambda: mg.load(path))
+    assert peak < (8 << 20), peak
+    assert "bomb.npz" in message and "268435456 bytes" in message and "max_bytes" in message
+    model = nn.Linear(2, 2)
+    peak, message = _peak_while(lambda: model.load_state_dict(path))
+    assert peak < (8 << 20) and "max_bytes" in message
+
+
+def test_an_archive_whose_header_declares_more_than_it_holds_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "liar.npz"
+    _declaring_archive(path, (1 << 28,), 1000, compression=zipfile.ZIP_STORED)    # 2 GiB declared, 1000 bytes
+    peak, message = _peak_while(lambda: mg.load(path, max_bytes=1 << 40))
+    assert peak < (8 << 20) and "truncated or corrupt" in message and "(268435456,)" in message
+
+
+def test_max_bytes_raises_or_lowers_the_bound(tmp_path):
+    path = tmp_path / "c.npz"
+    mg.save({"a": np.zeros(1000), "b": np.zeros(500)}, path)       # 12000 bytes of arrays
+    with pytest.raises(mg.CheckpointError, match="12000 bytes.*max_bytes=11999"):
+        mg.load(path, max_bytes=11999)
+    assert mg.load(path, max_bytes=12000)["a"].shape == (1000,)
+    with pytest.raises(ValueError, match="max_bytes"):
+        mg.load(path, max_bytes=-1)
+
+
+def test_loading_a_path_into_a_model_checks_shapes_before_reading_any_value(tmp_path):
+    path = tmp_path / "c.npz"
+    mg.save({"weight": np.zeros((3, 2), np.float32), "bias": np.zeros(2, np.float32)}, path)
+    data = bytearray(path.read_bytes())
+    data[data.index(b"weight.npy") + 200] ^= 0xFF            # corrupt weight's values
+    path.write_bytes(bytes(data))
+    model = nn.Linear(2, 2)
+    snap = snapshot(model)
+    with pytest.raises(mg.CheckpointError, match=r"'weight': shape \(3, 2\) in the state, \(2, 2\) in the model"):
+        model.load_state_dict(path)                        # the shapes, not the corrupt bytes, are reported
+    assert_unchanged(model, snap)
+    good = tmp_path / "good.npz"
+    mg.save(make_model(3), good)
+    other = make_model(4)
+    other.load_state_dict(good)
+    assert_unchanged(other, snapshot(make_model(3)))
+
+
+# ------------------------------------------------------------------ files that are not checkpoints
+
+def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path):
+    text = tmp_path / "notes.npz"
+    text.write_text("epoch 3: loss 0.1\n")
+    with pytest.raises(mg.CheckpointError, match="notes.npz' is a text file") as info:
+        mg.load(text)
+    assert "allow_pickle" not in str(info.value)
+    pt = tmp_path / "model.pt"                     # the layout torch.save writes
+    with zipfile.ZipFile(pt, "w") as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02}q\x00.")
+        zf.writestr("archive/version", b"3\n")
+    with pytest.raises(mg.CheckpointError, match="PyTorch checkpoint.*minigrad.interop"):
+        mg.load(pt)
+    odd = tmp_path / "odd.npz"
+    with zipfile.ZipFile(odd, "w") as zf:
+        zf.writestr("readme.txt", b"hello")
+    with pytest.raises(mg.CheckpointError, match="'readme.txt', which is not a .npy array"):
+        mg.load(odd)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(mg.CheckpointError, match="empty"):
+        mg.load(tmp_path / "empty.npz")
+
+
+def test_a_real_torch_save_file_is_a_checkpoint_error_pointing_to_interop(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "model.pt")
+    with pytest.raises(mg.CheckpointError, match="model.pt' is a PyTorch checkpoint.*minigrad.interop"):
+        mg.load(tmp_path / "model.pt")

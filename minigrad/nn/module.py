@@ -6,11 +6,12 @@ children. Everything else (``parameters()``, ``state_dict()``, ``train()``...) w
 """
 from __future__ import annotations
 
+import os
 from collections import namedtuple
 
 import numpy as np
 
-from ..io import CheckpointError
+from ..io import CheckpointError, _Archive, _Header
 from ..tensor import Tensor, _as_array
 from .utils import zero_grads
 
@@ -215,15 +216,29 @@ class Module:
         change it)."""
         return {name: np.array(p.data, copy=True) for name, p in self.named_parameters()}
 
-    def load_state_dict(self, state, strict: bool = True) -> IncompatibleKeys:
-        """Copy ``state`` (name -> ndarray or Tensor) into the parameters.
+    def load_state_dict(self, state, strict: bool = True, max_bytes: int | None = None) -> IncompatibleKeys:
+        """Copy ``state`` (name -> ndarray or Tensor, or the path of a checkpoint) into the parameters.
 
         Every name, shape and dtype is checked before anything is changed: on a mismatch nothing
         is loaded and :class:`minigrad.CheckpointError` lists every problem. Shapes and dtypes
         must match exactly (no silent casts). With ``strict=False``, names missing from ``state``
         keep their values and names the model lacks are ignored; both lists are returned as
-        ``IncompatibleKeys(missing_keys, unexpected_keys)``.
+        ``IncompatibleKeys(missing_keys, unexpected_keys)``. Given a path, the checks use the
+        archive's headers, before any value is read (``max_bytes`` as in :func:`minigrad.load`).
         """
+        if isinstance(state, (str, os.PathLike)):
+            with _Archive(state, max_bytes) as archive:
+                arrays = archive.headers           # shapes and dtypes only: checked before reading
+                result = self._check_state(arrays, strict)
+                self._copy_in(archive.read([n for n in arrays if n in dict(self.named_parameters())]))
+            return result
+        result = self._check_state(state, strict)
+        self._copy_in({k: v.data if isinstance(v, Tensor) else np.asarray(v) for k, v in state.items()})
+        return result
+
+    def _check_state(self, state, strict):
+        """Raise CheckpointError listing every mismatch of ``state`` (values, or headers with
+        ``shape`` and ``dtype``) with the parameters; else return the IncompatibleKeys."""
         if not hasattr(state, "items"):
             raise TypeError(f"{type(self).__name__}.load_state_dict: expected a dict of name -> array, "
                             f"got {type(state).__name__}")
@@ -233,7 +248,8 @@ class Module:
             if not isinstance(name, str):
                 problems.append(f"key {name!r} is not a string")
                 continue
-            arrays[name] = value.data if isinstance(value, Tensor) else np.asarray(value)
+            arrays[name] = value if isinstance(value, _Header) else (
+                value.data if isinstance(value, Tensor) else np.asarray(value))
         missing = [k for k in own if k not in arrays]
         unexpected = [k for k in arrays if k not in own]
         if strict and missing:
@@ -251,7 +267,10 @@ class Module:
         if problems:
             raise CheckpointError(f"{type(self).__name__}.load_state_dict: the state does not match the model; "
                                   f"nothing was loaded:\n  " + "\n  ".join(problems))
-        for name, p in own.items():
+        return IncompatibleKeys(missing, unexpected)
+
+    def _copy_in(self, arrays):
+        for name, p in self.named_parameters():
             if name not in arrays:
                 continue
             if p.data.flags.writeable:      # in place, as the optimizers do; bumping the version makes a
@@ -259,7 +278,6 @@ class Module:
                 p._bump()
             else:
                 p.data = np.array(arrays[name], dtype=p.dtype, copy=True)
-        return IncompatibleKeys(missing, unexpected)
 
     # -- printing
     def extra_repr(self) -> str:
