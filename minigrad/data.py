@@ -64,7 +64,8 @@ class DataLoader:
     ----------
     dataset : TensorDataset, array, Tensor, or any object with ``__len__`` and ``__getitem__``
         A ``TensorDataset`` yields tuples of Tensors, one per array; an array or Tensor yields one
-        Tensor per batch; another dataset's items (tuples of arrays, or arrays) are stacked.
+        Tensor per batch; another dataset's items (e.g. a list of ``(x, y)`` pairs) are stacked
+        field by field, as PyTorch's default collation: tuples of Tensors for tuple items.
     batch_size : int
         Rows per batch (>= 1); the last batch is smaller unless ``drop_last``.
     shuffle : bool
@@ -85,7 +86,7 @@ class DataLoader:
             raise ValueError(f"DataLoader: batch_size must be a positive integer, got {batch_size!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
             raise TypeError(f"DataLoader: seed must be an int or None, got {type(seed).__name__}")
-        if isinstance(dataset, (np.ndarray, Tensor, list)):
+        if isinstance(dataset, (np.ndarray, Tensor)):
             self._single = True
             dataset = TensorDataset(dataset)
         else:

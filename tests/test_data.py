@@ -65,6 +65,10 @@ def test_plain_arrays_and_other_datasets():
         def __getitem__(self, i):
             return np.array([i, i * i], np.float64), i
 
+    pairs = [(np.array([1.0, 2.0]), 0), (np.array([3.0, 4.0]), 1), (np.array([5.0, 6.0]), 0)]
+    xb, yb = next(iter(DataLoader(pairs, batch_size=2)))            # a list of pairs, collated as PyTorch
+    np.testing.assert_array_equal(xb.data, [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(yb.data, [0, 1])
     xb, yb = next(iter(DataLoader(Squares(), batch_size=3)))
     np.testing.assert_array_equal(xb.data, [[0, 0], [1, 1], [2, 4]])
     np.testing.assert_array_equal(yb.data, [0, 1, 2])

@@ -170,6 +170,9 @@ def test_model_checkpoint_writes_loadable_files(tmp_path):
         saved = mg.load(tmp_path / f"ckpt-{epoch + 1:02d}-{loss:.4f}.npz")
         np.testing.assert_array_equal(saved["weight"], rec.weights[epoch]["weight"])
     assert len(list(tmp_path.glob("ckpt-*.npz"))) == 3
+    with pytest.raises(ValueError, match=r"names 'val_acc', which is not 'epoch' or a logged value"):
+        nn.fit(model, nn.MSELoss(), mg.optim.SGD(model.parameters(), lr=0.05), x, y, epochs=1,
+               callbacks=[nn.ModelCheckpoint(str(tmp_path / "m-{val_acc}.npz"))], verbose=0)
 
 
 def test_history_plot(tmp_path, monkeypatch):

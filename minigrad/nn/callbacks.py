@@ -38,6 +38,7 @@ class History:
         """
         try:
             from matplotlib.figure import Figure  # no pyplot: no display or global state needed
+            from matplotlib.ticker import MaxNLocator
         except ImportError:
             raise ImportError("History.plot draws with matplotlib, which is not installed: "
                               "pip install matplotlib") from None
@@ -52,6 +53,7 @@ class History:
                     values = self.history[key]
                     ax.plot(range(1, len(values) + 1), values, marker="o", label=key)
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_title(name)
             ax.legend()
         fig.tight_layout()
@@ -201,7 +203,11 @@ class ModelCheckpoint(_Monitor):
         logs = logs or {}
         path = str(self.filepath)
         if "{" in path:
-            path = path.format(epoch=epoch + 1, **logs)
+            try:
+                path = path.format(epoch=epoch + 1, **logs)
+            except (KeyError, IndexError) as err:
+                raise ValueError(f"ModelCheckpoint: the path {path!r} names {err}, which is not 'epoch' or a "
+                                 f"logged value {sorted(logs)}") from None
         if self.save_best_only:
             current = self._current(logs)
             if not self._improves(current, self.best):
