@@ -185,3 +185,33 @@ def test_resuming_a_schedule_from_the_optimizers_state(tmp_path):
     scheduler.step()
     resumed.step()
     assert resumed.get_last_lr() == scheduler.get_last_lr() == [0.025, 0.0125]
+
+
+@pytest.mark.parametrize("make, metric", [
+    (lambda o: S.MultiStepLR(o, milestones=[3, 9, 9], gamma=0.5), None),
+    (lambda o: S.CosineAnnealingLR(o, T_max=6, eta_min=0.001), None),
+    (lambda o: S.LinearLR(o, start_factor=0.2, total_iters=10), None),
+    (lambda o: S.ReduceLROnPlateau(o, patience=1, factor=0.5, cooldown=1), lambda t: 1.0 + (t % 5 == 0)),
+], ids=["MultiStepLR", "CosineAnnealingLR", "LinearLR", "ReduceLROnPlateau"])
+def test_a_saved_schedule_resumes_exactly(tmp_path, make, metric):
+    import minigrad as mg
+
+    def run(scheduler, steps, start):
+        seq = []
+        for t in range(start, start + steps):
+            scheduler.optimizer.step()
+            scheduler.step() if metric is None else scheduler.step(metric(t))
+            seq.append(scheduler.get_last_lr())
+        return seq
+
+    straight = run(make(two_groups(optim.Adam)), 20, 0)
+    first = make(two_groups(optim.Adam))
+    head = run(first, 7, 0)
+    mg.save(first.optimizer, tmp_path / "opt.npz")
+    mg.save(first, tmp_path / "sched.npz")
+    fresh = make(two_groups(optim.Adam))            # made fresh, as in PyTorch, then both states loaded
+    fresh.optimizer.load_state_dict(mg.load(tmp_path / "opt.npz"))
+    fresh.load_state_dict(mg.load(tmp_path / "sched.npz"))
+    assert head + run(fresh, 13, 7) == straight
+    with pytest.raises(ValueError, match=r"missing keys \['last_epoch'\]"):
+        fresh.load_state_dict({k: v for k, v in first.state_dict().items() if k != "last_epoch"})

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 
+import numpy as np
+
+from ..io import SEP, unflatten_state
 from .optimizer import Optimizer
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR", "LambdaLR", "LinearLR",
@@ -82,14 +86,36 @@ class LRScheduler:
         return [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
-        """Everything but the optimizer (and LambdaLR's functions), to resume a schedule."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "lr_lambdas")}
+        """Everything but the optimizer (and LambdaLR's functions), to resume a schedule: save it
+        with ``mg.save(scheduler, path)`` beside the optimizer's state."""
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in self.__dict__.items()
+                if k not in ("optimizer", "lr_lambdas")}
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        unknown = set(state_dict) - set(self.state_dict())
-        if unknown:
-            raise ValueError(f"{type(self).__name__}.load_state_dict: unknown keys {sorted(unknown)}")
-        self.__dict__.update(state_dict)
+    def load_state_dict(self, state_dict) -> None:
+        """Load a :meth:`state_dict`, nested or as :func:`minigrad.load` returns it. Its names
+        must be this scheduler's (ValueError otherwise, and nothing changes)."""
+        if any(isinstance(k, str) and SEP in k for k in state_dict):
+            state_dict = unflatten_state(state_dict)
+        own = self.state_dict()
+        state = dict(state_dict)
+        for key, value in own.items():             # an empty dict (no milestones) is not in a file
+            if isinstance(value, Mapping) and not value:
+                state.setdefault(key, {})
+        if set(state) != set(own):
+            raise ValueError(f"{type(self).__name__}.load_state_dict: missing keys {sorted(set(own) - set(state))}, "
+                             f"unknown keys {sorted(set(state) - set(own))}; nothing was loaded")
+        self.__dict__.update({k: _like(own[k], v) for k, v in state.items()})
+
+
+def _like(template, value):
+    """``value`` (possibly read back from a file as arrays) in the Python type of ``template``."""
+    if isinstance(template, Counter):
+        return Counter({int(k): int(v) for k, v in value.items()})
+    if isinstance(template, list):
+        return np.asarray(value).tolist()
+    if isinstance(template, (bool, int, float, str)):
+        return type(template)(np.asarray(value).item())
+    return value
 
 
 class StepLR(LRScheduler):
