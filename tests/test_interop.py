@@ -1,11 +1,10 @@
-"""minigrad.interop (issue 4): PyTorch's nn.LSTM / nn.GRU weight layout, and agreement with torch itself.
+"""minigrad.interop (issues 4, 15): PyTorch's nn.LSTM / nn.GRU / nn.RNN weight layout, every layer and
+direction.
 
-The layout tests need only numpy. The agreement tests load torch's own randomly initialised weights
-(both biases non-zero) into minigrad and compare outputs, final states and every gradient in float64;
-they are skipped, not failed, where torch is not installed.
+The layout tests need only numpy; the ones that use torch are skipped, not failed, where it is not
+installed. Agreement of outputs, states and every gradient with torch itself (converted weights, one and
+two layers, both directions, packed sequences) is in test_recurrent_stacked.py.
 """
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 
@@ -157,76 +156,6 @@ def test_an_lstm_state_dict_does_not_load_into_a_gru():
 
 # ------------------------------------------------------------------ against torch itself
 
-def _torch_grads_layout(kind, layer):
-    """minigrad's U, W, b gradients as a PyTorch state dict (the interop export applied to them)."""
-    grads = SimpleNamespace(hidden_size=layer.hidden_size, U=mg.Tensor(layer.U.grad), W=mg.Tensor(layer.W.grad),
-                            b=mg.Tensor(layer.b.grad))
-    if kind == "lstm":
-        sd = interop.torch_lstm_state_dict(grads)
-        sd["bias_hh_l0"] = sd["bias_ih_l0"]            # z = x U + h W + b_ih + b_hh: both get db
-        return sd
-    if kind == "gru":
-        return interop.torch_gru_state_dict(grads)
-    return {"weight_ih_l0": grads.U.numpy().T, "weight_hh_l0": grads.W.numpy().T,
-            "bias_ih_l0": grads.b.numpy(), "bias_hh_l0": grads.b.numpy()}
-
-
-def _load(kind, layer, sd):
-    if kind == "lstm":
-        interop.load_torch_lstm(layer, sd)
-    elif kind == "gru":
-        interop.load_torch_gru(layer, sd)
-    else:       # no interop helper for the RNN: the conversion is the LSTM's with one block
-        layer.set_weights([sd["weight_ih_l0"].T, sd["weight_hh_l0"].T, sd["bias_ih_l0"] + sd["bias_hh_l0"]])
-
-
-@pytest.mark.parametrize("unroll", [True, False], ids=["unrolled", "looped"])
-@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
-def test_matches_torch_outputs_states_and_every_gradient(kind, unroll):
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    t_cls, m_cls = {"lstm": (torch.nn.LSTM, nn.LSTM), "gru": (torch.nn.GRU, nn.GRU),
-                    "rnn": (torch.nn.RNN, nn.RNN)}[kind]
-    t_layer = t_cls(I, H, batch_first=True).double()
-    sd = {k: v.detach().numpy().copy() for k, v in t_layer.state_dict().items()}
-    assert all(np.abs(sd[k]).sum() > 0 for k in KEYS)          # torch's init: both biases non-zero
-    layer = m_cls(I, H, return_sequences=True, return_state=True, unroll=unroll, dtype=F64)
-    _load(kind, layer, sd)
-
-    rng = np.random.default_rng(9)
-    n_states = 2 if kind == "lstm" else 1
-    x = rng.standard_normal((3, 5, I))
-    states = [rng.standard_normal((3, H)) for _ in range(n_states)]
-    R = rng.standard_normal((3, 5, H))
-    RS = [rng.standard_normal((3, H)) for _ in range(n_states)]
-
-    tx = torch.tensor(x, requires_grad=True)
-    t_states = [torch.tensor(s[None], requires_grad=True) for s in states]       # (layers, batch, H)
-    t_out, t_final = t_layer(tx, tuple(t_states) if kind == "lstm" else t_states[0])
-    t_final = t_final if kind == "lstm" else (t_final,)
-    t_loss = (t_out * torch.tensor(R)).sum() + sum((f[0] * torch.tensor(r)).sum() for f, r in zip(t_final, RS))
-    t_loss.backward()
-
-    mx = mg.Tensor(x, requires_grad=True)
-    m_states = [mg.Tensor(s, requires_grad=True) for s in states]
-    m_out, *m_final = layer(mx, initial_state=tuple(m_states))
-    m_loss = (m_out * R).sum() + sum((f * r).sum() for f, r in zip(m_final, RS))
-    m_loss.backward()
-
-    tol = dict(rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(m_loss.item(), t_loss.item(), **tol)
-    np.testing.assert_allclose(m_out.numpy(), t_out.detach().numpy(), **tol)
-    for m, t in zip(m_final, t_final):
-        np.testing.assert_allclose(m.numpy(), t.detach().numpy()[0], **tol)
-    np.testing.assert_allclose(mx.grad, tx.grad.numpy(), **tol)
-    for m, t in zip(m_states, t_states):
-        np.testing.assert_allclose(m.grad, t.grad.numpy()[0], **tol)
-    grads = _torch_grads_layout(kind, layer)
-    t_params = dict(t_layer.named_parameters())
-    for k in KEYS:
-        np.testing.assert_allclose(grads[k], t_params[k].grad.numpy(), err_msg=k, **tol)
-
-
 def test_torch_tensors_are_accepted():
     torch = pytest.importorskip("torch")
     torch.manual_seed(1)
@@ -240,3 +169,99 @@ def test_torch_tensors_are_accepted():
     for k, v in t_gru.state_dict().items():
         np.testing.assert_allclose(back[k], v.numpy(), rtol=1e-6)
     t_lstm.load_state_dict({k: torch.tensor(v) for k, v in interop.torch_lstm_state_dict(lstm).items()})
+
+
+# ------------------------------------------------------------------ every layer and direction (issue 15)
+
+KINDS = {"lstm": (nn.LSTM, 4, interop.torch_lstm_state_dict, interop.load_torch_lstm),
+         "gru": (nn.GRU, 3, interop.torch_gru_state_dict, interop.load_torch_gru),
+         "rnn": (nn.RNN, 1, interop.torch_rnn_state_dict, interop.load_torch_rnn)}
+
+
+def torch_keys(L, bidirectional):
+    sfx = [f"_l{i}{s}" for i in range(L) for s in (("", "_reverse") if bidirectional else ("",))]
+    return sorted(f"{w}{x}" for x in sfx for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+
+
+def random_state(kind, L, bidirectional, rng, I=I, H=H):
+    """PyTorch's layout for every layer and direction, every entry random (both biases non-zero)."""
+    k, D = KINDS[kind][1], 1 + bidirectional
+    sd = {}
+    for key in torch_keys(L, bidirectional):
+        size = I if "_l0" in key else D * H
+        shape = {"weight_ih": (k * H, size), "weight_hh": (k * H, H)}.get(key[:9], (k * H,))
+        sd[key] = rng.standard_normal(shape)
+    return sd
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_stacked_bidirectional_round_trip_and_layout(kind):
+    cls, k, export, load = KINDS[kind]
+    sd = random_state(kind, 2, True, np.random.default_rng(10))
+    layer = cls(I, H, num_layers=2, bidirectional=True, dtype=F64)
+    load(layer, sd)
+    swap = (lambda m: np.concatenate([m[H:2 * H], m[:H], m[2 * H:]])) if kind == "gru" else (lambda m: m)
+    for sfx in {key.split("_", 2)[2] for key in sd}:    # each key lands in the parameters of its suffix
+        U, W, b = (getattr(layer, f"{p}_{sfx}").numpy() for p in "UWb")
+        np.testing.assert_array_equal(U, swap(sd["weight_ih_" + sfx]).T)          # GRU: r, z, n -> z, r, n
+        np.testing.assert_array_equal(W, swap(sd["weight_hh_" + sfx]).T)
+        b_ih, b_hh = swap(sd["bias_ih_" + sfx]), swap(sd["bias_hh_" + sfx])
+        np.testing.assert_array_equal(b, np.stack([b_ih, b_hh]) if kind == "gru" else b_ih + b_hh)
+    back = export(layer)
+    assert sorted(back) == torch_keys(2, True)
+    for key, a in back.items():
+        if kind == "gru" or key.startswith("weight"):
+            np.testing.assert_array_equal(a, sd[key])
+        elif key.startswith("bias_ih"):                 # the sum in bias_ih, zeros in bias_hh
+            np.testing.assert_array_equal(a, sd[key] + sd[key.replace("bias_ih", "bias_hh")])
+        else:
+            np.testing.assert_array_equal(a, 0.0)
+    other = cls(I, H, num_layers=2, bidirectional=True, dtype=F64)
+    load(other, back)
+    for p, q in zip(layer.get_weights(), other.get_weights()):
+        np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", ["two-layer-dict-into-one", "one-layer-dict-into-two", "no-reverse",
+                                  "extra-key", "reverse-shape"])
+def test_unused_missing_or_misshapen_keys_are_named_and_nothing_changes(kind, case):
+    cls, k, _, load = KINDS[kind]
+    rng = np.random.default_rng(11)
+    L, bi, sd_L, sd_bi, error, names = {
+        "two-layer-dict-into-one": (1, False, 2, False, KeyError, ["weight_ih_l1", "bias_hh_l1"]),
+        "one-layer-dict-into-two": (2, False, 1, False, KeyError, ["weight_ih_l1", "bias_hh_l1"]),
+        "no-reverse": (1, True, 1, False, KeyError, ["weight_ih_l0_reverse"]),
+        "extra-key": (1, False, 1, False, KeyError, ["weight_hr_l0"]),
+        "reverse-shape": (2, True, 2, True, ValueError, ["weight_ih_l1_reverse", str((k * H, 2 * H))]),
+    }[case]
+    layer = cls(I, H, num_layers=L, bidirectional=bi, dtype=F64)
+    before = layer.get_weights()
+    sd = random_state(kind, sd_L, sd_bi, rng)
+    if case == "extra-key":
+        sd["weight_hr_l0"] = rng.standard_normal((H, H))           # a proj_size model's
+    if case == "reverse-shape":
+        sd["weight_ih_l1_reverse"] = sd["weight_ih_l1_reverse"][:, :H]
+    with pytest.raises(error) as info:
+        load(layer, sd)
+    for name in names:
+        assert name in str(info.value)
+    assert "nothing was loaded" in str(info.value)
+    for p, q in zip(layer.get_weights(), before):
+        np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_export_loads_into_torch_and_computes_the_same(kind):
+    """The exported dict is exactly what torch's own load_state_dict (strict) takes, and torch then
+    computes minigrad's outputs (minigrad -> torch; torch -> minigrad is test_recurrent_stacked's)."""
+    torch = pytest.importorskip("torch")
+    cls = KINDS[kind][0]
+    layer = cls(I, H, num_layers=2, bidirectional=True, return_sequences=True, dtype=F64)
+    rng = np.random.default_rng(12)
+    layer.set_weights([0.5 * rng.standard_normal(w.shape) for w in layer.get_weights()])
+    t_layer = getattr(torch.nn, kind.upper())(I, H, num_layers=2, bidirectional=True, batch_first=True).double()
+    assert sorted(t_layer.state_dict()) == torch_keys(2, True)
+    t_layer.load_state_dict({key: torch.tensor(v) for key, v in KINDS[kind][2](layer).items()})
+    x = rng.standard_normal((2, 5, I))
+    np.testing.assert_allclose(layer(x).numpy(), t_layer(torch.tensor(x))[0].detach().numpy(), rtol=1e-10, atol=1e-12)

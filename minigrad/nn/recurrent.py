@@ -11,7 +11,12 @@ first axis to their last. Three things call it:
 * the layers with ``unroll=False`` (the default): ``mg.scan`` over the same function, one graph
   node whatever the length, compiled from the same primitives, with the same gradients. A layer
   keeps its last trace (``scan.TraceMemo``) while the cell function and the U, W, b objects stay
-  the same: its body reads nothing else, and their values are read afresh at every call.
+  the same: its body reads nothing else, and their values are read afresh at every call. With
+  recurrent dropout the body also reads that call's mask, a new Tensor each call, so it traces
+  afresh: a random draw is never frozen into a kept trace.
+
+Stacked and bidirectional layers run one such loop per layer and direction (``_Layer._run``);
+the backward direction is the same loop over the time-reversed sequence and mask.
 
 Truncated BPTT / stateful use: pass the previous chunk's final states, detached, as
 ``initial_state`` (``return_state=True`` gives them)::
@@ -24,13 +29,18 @@ Truncated BPTT / stateful use: pass the previous chunk's final states, detached,
 """
 from __future__ import annotations
 
+import numbers
+import warnings
+
 import numpy as np
 
 from .. import functional as F
 from ..engine import gc_paused, timestep
+from ..random import get_rng
 from ..scan import TraceMemo, _scan
 from ..tensor import Tensor
 from . import init
+from .functional import dropout as _dropout
 from .layers import as_input, float_dtype
 from .module import Module, Parameter
 
@@ -39,12 +49,13 @@ __all__ = ["lstm_step", "gru_step", "rnn_step", "LSTMCell", "GRUCell", "RNNCell"
 
 # ---------------------------------------------------------------- the cells' math, once
 
-def lstm_step(x, state, U, W, b):
+def lstm_step(x, state, U, W, b, h_mask=None):
     """One LSTM step. ``U``: (input, 4H), ``W``: (H, 4H), ``b``: (4H,); gate blocks i, f, g, o
-    (Keras's i, f, c, o). Returns the new ``(h, c)``."""
+    (Keras's i, f, c, o). ``h_mask`` (batch, H), if given, multiplies ``h`` where it enters the
+    recurrent product (recurrent dropout). Returns the new ``(h, c)``."""
     h, c = state
     H = h.shape[-1]
-    z = x @ U + b + h @ W             # x U + b does not depend on the carry: scan hoists it
+    z = x @ U + b + _masked(h, h_mask) @ W            # x U + b does not depend on the carry: scan hoists it
     g = z[..., 2 * H:3 * H].tanh()     # before the sigmoid, so z is dead once that has read it
     s = z.sigmoid()                    # the i, f, o gates in one pass (the g block's value is unused)
     i, f, o = s[..., :H], s[..., H:2 * H], s[..., 3 * H:]
@@ -53,25 +64,30 @@ def lstm_step(x, state, U, W, b):
     return h, c
 
 
-def gru_step(x, state, U, W, b):
+def gru_step(x, state, U, W, b, h_mask=None):
     """One GRU step with the reset gate applied after the recurrent product (PyTorch's GRU,
     Keras's ``reset_after=True``). ``U``: (input, 3H), ``W``: (H, 3H), ``b``: (2, 3H) = (input
     bias, recurrent bias); gate blocks in Keras's order z (update), r (reset), n (candidate).
-    ``h' = z * h + (1 - z) * n``. Returns ``(h',)``."""
+    ``h' = z * h + (1 - z) * n``; ``h_mask`` as in ``lstm_step``: only the recurrent product
+    ``h W`` sees it, not ``z * h`` (Keras's GRU). Returns ``(h',)``."""
     (h,) = state
     H = h.shape[-1]
     xz = x @ U + b[0]
-    hz = h @ W + b[1]
+    hz = _masked(h, h_mask) @ W + b[1]
     zr = (xz[..., :2 * H] + hz[..., :2 * H]).sigmoid()
     z, r = zr[..., :H], zr[..., H:]
     n = (xz[..., 2 * H:] + r * hz[..., 2 * H:]).tanh()
     return (z * h + (1.0 - z) * n,)
 
 
-def rnn_step(x, state, U, W, b):
-    """One Elman step: ``h' = tanh(x U + b + h W)``. Returns ``(h',)``."""
+def rnn_step(x, state, U, W, b, h_mask=None):
+    """One Elman step: ``h' = tanh(x U + b + h W)``; ``h_mask`` as in ``lstm_step``. Returns ``(h',)``."""
     (h,) = state
-    return ((x @ U + b + h @ W).tanh(),)
+    return ((x @ U + b + _masked(h, h_mask) @ W).tanh(),)
+
+
+def _masked(h, h_mask):
+    return h if h_mask is None else h * h_mask
 
 
 # ---------------------------------------------------------------- shapes and initialisation
@@ -114,51 +130,80 @@ def _check_mask(mask, batch, T, who):
 
 
 class _Recurrent(Module):
-    """Shared by cells and layers: the Parameters ``U``, ``W``, ``b`` and Keras-style weights."""
+    """Shared by cells and layers: the Parameters and Keras-style weights. One layer in one
+    direction has ``U``, ``W``, ``b``; a stacked or bidirectional layer has a set per layer and
+    direction, named with PyTorch's suffixes: ``U_l0``, ``W_l0``, ``b_l0``, ``U_l0_reverse``, ...,
+    ``U_l1`` (whose input is the previous layer's output, ``directions * H`` features)."""
 
-    step = None          # the cell's math: (x, state, U, W, b) -> new state tuple (h first)
+    step = None          # the cell's math: (x, state, U, W, b[, h_mask]) -> new state tuple (h first)
     make_params = None
     n_states = 1
 
-    def __init__(self, input_size, hidden_size, dtype, unit_forget_bias=True):
+    def __init__(self, input_size, hidden_size, dtype, unit_forget_bias=True, num_layers=1, bidirectional=False):
         super().__init__()
+        who = type(self).__name__
         if int(input_size) < 1 or int(hidden_size) < 1:
-            raise ValueError(f"{type(self).__name__}: input_size and hidden_size must be positive, "
-                             f"got {input_size} and {hidden_size}")
+            raise ValueError(f"{who}: input_size and hidden_size must be positive, got {input_size} and {hidden_size}")
+        if isinstance(num_layers, bool) or int(num_layers) != num_layers or num_layers < 1:
+            raise ValueError(f"{who}: num_layers must be a positive integer, got {num_layers!r}")
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
-        self.dtype = float_dtype(dtype, type(self).__name__)
-        U, W, b = type(self).make_params(self.input_size, self.hidden_size, self.dtype, unit_forget_bias)
-        self.U, self.W, self.b = Parameter(U), Parameter(W), Parameter(b)
+        self.num_layers, self.bidirectional = int(num_layers), bool(bidirectional)
+        self.dtype = float_dtype(dtype, who)
+        D = self.directions
+        if self.num_layers == 1 and D == 1:
+            self._names = [("U", "W", "b")]
+        else:
+            self._names = [tuple(f"{p}_l{layer}{'_reverse' if d else ''}" for p in "UWb")
+                           for layer in range(self.num_layers) for d in range(D)]
+        for i, names in enumerate(self._names):       # initialised in this order: layer by layer, forward first
+            size = self.input_size if i < D else D * self.hidden_size
+            arrays = type(self).make_params(size, self.hidden_size, self.dtype, unit_forget_bias)
+            for name, a in zip(names, arrays):
+                setattr(self, name, Parameter(a))
+
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def _weight_sets(self):
+        """``(U, W, b)`` per layer and direction, in PyTorch's order (l0, l0_reverse, l1, ...)."""
+        return [tuple(getattr(self, n) for n in names) for names in self._names]
 
     def get_weights(self):
-        """``[U, W, b]`` as numpy arrays (copies), in Keras's layout."""
-        return [p.data.copy() for p in (self.U, self.W, self.b)]
+        """``[U, W, b]`` as numpy arrays (copies), in Keras's layout; for a stacked or
+        bidirectional layer, the sets one after another in PyTorch's order (l0, l0_reverse, l1...)."""
+        return [p.data.copy() for ps in self._weight_sets() for p in ps]
 
     def set_weights(self, weights):
-        """Set ``[U, W, b]`` from arrays in Keras's layout; every shape is checked before any
-        parameter changes."""
+        """Set the weights from arrays in ``get_weights``'s order and Keras's layout; every shape
+        is checked before any parameter changes."""
         weights = [np.asarray(w) for w in weights]
-        if len(weights) != 3:
-            raise ValueError(f"{type(self).__name__}.set_weights: expected [U, W, b], got {len(weights)} arrays")
-        for name, w, p in zip("UWb", weights, (self.U, self.W, self.b)):
+        names = [n for ns in self._names for n in ns]
+        if len(weights) != len(names):
+            raise ValueError(f"{type(self).__name__}.set_weights: expected {len(names)} arrays {names}, "
+                             f"got {len(weights)}")
+        params = [p for ps in self._weight_sets() for p in ps]
+        for name, w, p in zip(names, weights, params):
             if w.shape != p.shape:
                 raise ValueError(f"{type(self).__name__}.set_weights: {name} must have shape {p.shape}, got {w.shape}")
-        for w, p in zip(weights, (self.U, self.W, self.b)):
+        for w, p in zip(weights, params):
             p.data = w.astype(self.dtype, copy=True)
 
     def _zeros_state(self, batch):
         return tuple(Tensor(np.zeros((batch, self.hidden_size), self.dtype)) for _ in range(self.n_states))
 
-    def _check_state(self, state, batch, who):
+    def _check_state(self, state, batch, who, shape=None):
+        """The states as a tuple of Tensors, each of ``shape`` (default ``(batch, H)``)."""
+        shape = (batch, self.hidden_size) if shape is None else shape
         state = (state,) if isinstance(state, Tensor) else tuple(state)
         if len(state) != self.n_states:
             raise ValueError(f"{who}: expected {self.n_states} state tensor(s), got {len(state)}")
         out = []
         for s in state:
             s = as_input(s, self.dtype, who)
-            if s.shape != (batch, self.hidden_size) or s.dtype != self.dtype:
-                raise ValueError(f"{who}: a state must have shape {(batch, self.hidden_size)} and dtype "
-                                 f"{self.dtype}; got {s.shape} {s.dtype}")
+            if s.shape != shape or s.dtype != self.dtype:
+                raise ValueError(f"{who}: a state must have shape {shape} and dtype {self.dtype}; "
+                                 f"got {s.shape} {s.dtype}")
             out.append(s)
         return tuple(out)
 
@@ -213,35 +258,100 @@ class RNNCell(_Cell):
 # ---------------------------------------------------------------- layers over time
 
 class _Layer(_Recurrent):
-    def __init__(self, input_size, hidden_size, return_sequences, return_state, unroll, dtype,
-                 unit_forget_bias=True):
-        super().__init__(input_size, hidden_size, dtype, unit_forget_bias)
+    def __init__(self, input_size, hidden_size, return_sequences, return_state, unroll, dtype, num_layers=1,
+                 bidirectional=False, dropout=0.0, recurrent_dropout=0.0, unit_forget_bias=True):
+        super().__init__(input_size, hidden_size, dtype, unit_forget_bias, num_layers, bidirectional)
+        who = type(self).__name__
+        for name, p in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+            if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
+                raise ValueError(f"{who}: {name} must be a probability in [0, 1), got {p!r}")
+        if dropout and self.num_layers == 1:
+            warnings.warn(f"{who}: dropout={dropout} acts between stacked layers (PyTorch's meaning) and does "
+                          f"nothing with num_layers=1; for dropout on the input (Keras's dropout=) put an "
+                          f"mg.nn.Dropout before the layer; recurrent_dropout= is Keras's recurrent dropout",
+                          UserWarning, stacklevel=3)
+        self.dropout, self.recurrent_dropout = float(dropout), float(recurrent_dropout)
         self.return_sequences, self.return_state, self.unroll = bool(return_sequences), bool(return_state), bool(unroll)
-        self._memo = TraceMemo()     # the looped body reads only the cell and U, W, b: see TraceMemo
+        # the looped body of each layer and direction reads only the cell and its U, W, b: see TraceMemo
+        self._memos = [TraceMemo() for _ in self._names]
 
     def forward(self, x, initial_state=None, mask=None):
         """``x``: (batch, time, features). ``mask``: (batch, time) booleans, False where a step
-        is padding: the state passes through unchanged and the sequence output is zero there.
-        Returns the last output (batch, H), or every output (batch, time, H) with
-        ``return_sequences``; with ``return_state``, ``(output, *final_states)``."""
+        is padding: the state passes through unchanged and the sequence output is zero there (the
+        backward direction visits each sequence's valid steps last to first). Returns the last
+        output (batch, D*H), or every output (batch, time, D*H) with ``return_sequences``, the
+        directions' features side by side (forward first); with ``return_state``,
+        ``(output, *final_states)``: each (batch, H), or (layers * directions, batch, H) for a
+        stacked or bidirectional layer."""
         who = type(self).__name__
         x = self._check_input(x, 3, who)
         batch, T = x.shape[0], x.shape[1]
         if T < 1:
             raise ValueError(f"{who}: the input has no timesteps (shape {x.shape})")
-        state = self._zeros_state(batch) if initial_state is None else self._check_state(initial_state, batch, who)
-        step, params = type(self).step, (self.U, self.W, self.b)
-        xs = x.transpose(1, 0, 2)                                   # time-major
+        states = self._initial_states(initial_state, batch, who)
         if mask is not None:
-            xs = (xs, Tensor(np.ascontiguousarray(_check_mask(mask, batch, T, who).T[:, :, None])))
-        want_ys = self.return_sequences
+            mask = np.ascontiguousarray(_check_mask(mask, batch, T, who).T[:, :, None])   # time-major, (T, batch, 1)
+        D, sets = self.directions, self._weight_sets()
+        seq, finals = x.transpose(1, 0, 2), []                              # time-major
+        for layer in range(self.num_layers):
+            last = layer == self.num_layers - 1
+            want_ys, ys = self.return_sequences or not last, []
+            for d in range(D):
+                i = layer * D + d
+                state, y = self._run(seq, states[i], sets[i], self._memos[i], mask, want_ys, d == 1,
+                                     self._recurrent_mask(batch))
+                finals.append(state)
+                ys.append(y)
+            if want_ys:
+                seq = ys[0] if D == 1 else F.concatenate(ys, axis=-1)
+            if not last and self.training and self.dropout:
+                seq = _dropout(seq, self.dropout)
+        if self.return_sequences:
+            out = seq.transpose(1, 0, 2)
+        else:       # each direction's final output: the backward one's is its state after time 0
+            out = finals[-1][0] if D == 1 else F.concatenate([f[0] for f in finals[-D:]], axis=-1)
+        if not self.return_state:
+            return out
+        if len(finals) == 1:
+            return (out, *finals[0])
+        return (out, *(F.stack([f[k] for f in finals], 0) for k in range(self.n_states)))
+
+    def _initial_states(self, initial_state, batch, who):
+        """One state tuple per layer and direction."""
+        n = len(self._names)
+        if initial_state is None:
+            return [self._zeros_state(batch) for _ in range(n)]
+        if n == 1:
+            return [self._check_state(initial_state, batch, who)]
+        stacked = self._check_state(initial_state, batch, who, (n, batch, self.hidden_size))
+        return [tuple(s[i] for s in stacked) for i in range(n)]
+
+    def _recurrent_mask(self, batch):
+        """Recurrent dropout: one inverted-dropout mask (batch, H) per call, layer and direction,
+        shared by every step (Keras's meaning); None outside training or when p = 0."""
+        p = self.recurrent_dropout
+        if not (self.training and p):
+            return None
+        keep = get_rng().random((batch, self.hidden_size)) >= p
+        return Tensor((keep * (1.0 / (1.0 - p))).astype(self.dtype))
+
+    def _run(self, xs, state, params, memo, mask, want_ys, reverse, h_mask):
+        """One layer in one direction over time-major ``xs``: (final state, time-major ys or None).
+        The backward direction runs over the reversed sequence: with a mask, its padding steps
+        pass the state through, so each sequence is read from its last valid step to its first."""
+        step, T = type(self).step, xs.shape[0]
+        if reverse:
+            xs, mask = xs[::-1], None if mask is None else mask[::-1]
+        if mask is not None:
+            xs = (xs, Tensor(np.ascontiguousarray(mask)))
+        extra = () if h_mask is None else (h_mask,)      # a custom step need not take h_mask
 
         def body(carry, inp):
             if mask is None:
-                new = step(inp, carry, *params)
+                new = step(inp, carry, *params, *extra)
                 return new, (new[0] if want_ys else None)
             x_t, m_t = inp
-            new = step(x_t, carry, *params)
+            new = step(x_t, carry, *params, *extra)
             new = tuple(F.where(m_t, n, old) for n, old in zip(new, carry))
             return new, (F.where(m_t, new[0], 0.0) if want_ys else None)
 
@@ -253,49 +363,80 @@ class _Layer(_Recurrent):
             ys = []
             with gc_paused():                # T steps of nodes: no cycles for the collector to find
                 for t in range(T):
-                    with timestep(t):           # tags this step's ops for mg.record_contributions
+                    with timestep(T - 1 - t if reverse else t):    # tags this step's ops for mg.record_contributions
                         state, y = body(state, seq[t] if m_seq is None else (seq[t], m_seq[t]))
                     ys.append(y)
-            ys = F.stack(ys, 0) if want_ys else None
+            ys = F.stack(ys[::-1] if reverse else ys, 0) if want_ys else None
         else:
-            state, ys = _scan(body, state, xs, None, self._memo, (step, mask is None, want_ys), params)
-        out = ys.transpose(1, 0, 2) if want_ys else state[0]
-        return (out, *state) if self.return_state else out
+            # the mask is read by identity: a fresh one each call traces afresh, never a stale draw
+            state, ys = _scan(body, state, xs, None, memo, (step, mask is None, want_ys, h_mask is None),
+                              params + extra)
+            ys = ys[::-1] if reverse and want_ys else ys
+        return state, ys
 
     def extra_repr(self):
-        flags = [f for f in ("return_sequences", "return_state", "unroll") if getattr(self, f)]
-        return super().extra_repr() + "".join(f", {f}=True" for f in flags)
+        extra = [f"num_layers={self.num_layers}"] if self.num_layers > 1 else []
+        extra += [f"{f}={getattr(self, f)}" for f in ("dropout", "recurrent_dropout") if getattr(self, f)]
+        flags = [f for f in ("bidirectional", "return_sequences", "return_state", "unroll") if getattr(self, f)]
+        return super().extra_repr() + "".join(f", {e}" for e in extra) + "".join(f", {f}=True" for f in flags)
+
+
+_OPTIONS = """
+    Stacking and directions, with PyTorch's meaning: ``num_layers`` layers, each reading the
+    previous one's output sequence; ``bidirectional=True`` runs a second, backward direction in
+    every layer and puts its features after the forward's; ``dropout`` (training only) is applied
+    to every layer's output sequence except the last's. Parameters are then named per layer and
+    direction with PyTorch's suffixes (``U_l0``, ``U_l0_reverse``, ``U_l1``...), and
+    ``initial_state`` and the returned states are stacked: (layers * directions, batch, H), in
+    PyTorch's order (l0, l0 reverse, l1, ...). ``recurrent_dropout`` (Keras's, training only):
+    ``h_{t-1}`` is multiplied, where it enters the recurrent product, by an inverted-dropout mask
+    drawn once per call (per layer and direction) and shared by every step."""
 
 
 class LSTM(_Layer):
     """An LSTM over time. ``lstm(x, initial_state=None, mask=None)`` with ``x`` (batch, time,
     features); parameters ``lstm.U`` (input, 4H), ``lstm.W`` (H, 4H), ``lstm.b`` (4H,), gate order
-    i, f, g, o, the same objects at every step: 4 * (I*H + H*H + H) parameters.
+    i, f, g, o, the same objects at every step: 4 * (I*H + H*H + H) parameters per layer and
+    direction (one bias: PyTorch's two are summed by ``minigrad.interop``).
     ``unroll=True`` records every step in the graph; ``unroll=False`` (default) one ``scan`` node.
-    ``initial_state`` and the returned states are ``(h, c)``. Initialised as ``LSTMCell``."""
+    ``initial_state`` and the returned states are ``(h, c)``. Initialised as ``LSTMCell``.
+    """
     step, make_params, n_states = staticmethod(lstm_step), staticmethod(_lstm_params), 2
 
-    def __init__(self, input_size, hidden_size, *, return_sequences=False, return_state=False, unroll=False,
+    def __init__(self, input_size, hidden_size, *, num_layers=1, bidirectional=False, dropout=0.0,
+                 recurrent_dropout=0.0, return_sequences=False, return_state=False, unroll=False,
                  dtype=None, unit_forget_bias=True):
-        super().__init__(input_size, hidden_size, return_sequences, return_state, unroll, dtype, unit_forget_bias)
+        super().__init__(input_size, hidden_size, return_sequences, return_state, unroll, dtype, num_layers,
+                         bidirectional, dropout, recurrent_dropout, unit_forget_bias)
 
 
 class GRU(_Layer):
     """A GRU over time (reset gate after the recurrent product: PyTorch's GRU, Keras's
     ``reset_after=True``). ``U`` (input, 3H), ``W`` (H, 3H), ``b`` (2, 3H): input and recurrent
     biases; gate order z, r, n (Keras's; PyTorch's is r, z, n: ``minigrad.interop`` converts).
-    3 * (I*H + H*H + 2H) parameters. The state is ``h``."""
+    3 * (I*H + H*H + 2H) parameters per layer and direction. The state is ``h``.
+    """
     step, make_params = staticmethod(gru_step), staticmethod(_gru_params)
 
-    def __init__(self, input_size, hidden_size, *, return_sequences=False, return_state=False, unroll=False,
+    def __init__(self, input_size, hidden_size, *, num_layers=1, bidirectional=False, dropout=0.0,
+                 recurrent_dropout=0.0, return_sequences=False, return_state=False, unroll=False,
                  dtype=None):
-        super().__init__(input_size, hidden_size, return_sequences, return_state, unroll, dtype)
+        super().__init__(input_size, hidden_size, return_sequences, return_state, unroll, dtype, num_layers,
+                         bidirectional, dropout, recurrent_dropout)
 
 
 class RNN(_Layer):
-    """A tanh RNN over time (Keras's SimpleRNN). ``U`` (input, H), ``W`` (H, H), ``b`` (H,)."""
+    """A tanh RNN over time (Keras's SimpleRNN). ``U`` (input, H), ``W`` (H, H), ``b`` (H,):
+    I*H + H*H + H parameters per layer and direction. The state is ``h``.
+    """
     step, make_params = staticmethod(rnn_step), staticmethod(_rnn_params)
 
-    def __init__(self, input_size, hidden_size, *, return_sequences=False, return_state=False, unroll=False,
+    def __init__(self, input_size, hidden_size, *, num_layers=1, bidirectional=False, dropout=0.0,
+                 recurrent_dropout=0.0, return_sequences=False, return_state=False, unroll=False,
                  dtype=None):
-        super().__init__(input_size, hidden_size, return_sequences, return_state, unroll, dtype)
+        super().__init__(input_size, hidden_size, return_sequences, return_state, unroll, dtype, num_layers,
+                         bidirectional, dropout, recurrent_dropout)
+
+
+for _cls in (LSTM, GRU, RNN):     # the options all three share, said once
+    _cls.__doc__ += _OPTIONS
