@@ -266,6 +266,31 @@ def test_padded_batch_equals_each_sequence_alone(kind, unroll):
             np.testing.assert_allclose(f.numpy()[:, b], a.numpy()[:, 0], **TIGHT)
 
 
+@pytest.mark.parametrize("kind", CLASSES)
+def test_record_contributions_agree_between_graph_modes(kind):
+    """Each layer's and direction's per-step shares of its parameters' gradients are the same in
+    both modes (a backward direction's steps numbered in its own order, step 0 at time T-1), and
+    they sum to .grad."""
+    x = np.random.default_rng(19).standard_normal((2, 4, 2))
+    mask = post_padded_mask([4, 2], 4)
+    shares = []
+    for unroll in (True, False):
+        layer = random_layer(kind, 2, 3, 2, True, seed=20, unroll=unroll, return_sequences=True)
+        params = layer.parameters()
+        with mg.record_contributions(*params) as rec:
+            (layer(x, mask=mask) ** 2).sum().backward()
+        per_step = []
+        for p in params:
+            steps = {c.step for c in rec.of(p)}
+            assert steps == set(range(4))
+            per_step.append([np.sum([c.grad for c in rec.of(p) if c.step == t], axis=0) for t in range(4)])
+            np.testing.assert_allclose(rec.total(p), p.grad, **TIGHT)
+        shares.append(per_step)
+    for a, b in zip(*shares):
+        for u, v in zip(a, b):
+            np.testing.assert_allclose(u, v, **TIGHT)
+
+
 @st.composite
 def stacked_problems(draw):
     kind = draw(st.sampled_from(list(CLASSES)))

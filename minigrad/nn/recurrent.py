@@ -338,7 +338,9 @@ class _Layer(_Recurrent):
     def _run(self, xs, state, params, memo, mask, want_ys, reverse, h_mask):
         """One layer in one direction over time-major ``xs``: (final state, time-major ys or None).
         The backward direction runs over the reversed sequence: with a mask, its padding steps
-        pass the state through, so each sequence is read from its last valid step to its first."""
+        pass the state through, so each sequence is read from its last valid step to its first.
+        Its steps are numbered in its own order (step 0 reads time T-1) in both graph modes, as
+        ``mg.record_contributions`` reports them."""
         step, T = type(self).step, xs.shape[0]
         if reverse:
             xs, mask = xs[::-1], None if mask is None else mask[::-1]
@@ -363,7 +365,7 @@ class _Layer(_Recurrent):
             ys = []
             with gc_paused():                # T steps of nodes: no cycles for the collector to find
                 for t in range(T):
-                    with timestep(T - 1 - t if reverse else t):    # tags this step's ops for mg.record_contributions
+                    with timestep(t):           # tags this step's ops for mg.record_contributions
                         state, y = body(state, seq[t] if m_seq is None else (seq[t], m_seq[t]))
                     ys.append(y)
             ys = F.stack(ys[::-1] if reverse else ys, 0) if want_ys else None
