@@ -10,17 +10,17 @@ from .tensor import Node, Tensor, get_default_dtype, set_default_dtype
 from . import ops
 from .engine import (Contribution, detect_anomaly, enable_grad, graph_size, is_grad_enabled, no_grad, primitive,
                      record_contributions, set_grad_enabled, timestep, unbroadcast)
-from .functional import (arange, chunk, clip, concatenate, expand_dims, full, log_softmax, logsumexp,
-                         maximum, mean, minimum, ones, ones_like, rand, randn, reshape, softmax, split, squeeze,
-                         stack, tensor, transpose, var, where, zeros, zeros_like)
+from .functional import (arange, argmax, argmin, cat, chunk, clip, concatenate, expand_dims, full, log_softmax,
+                         logsumexp, maximum, mean, minimum, ones, ones_like, rand, randn, reshape, softmax, split,
+                         squeeze, stack, std, tensor, transpose, unsqueeze, var, where, zeros, zeros_like)
 from .functional import max, min, sum  # noqa: A004
 from .ops import absolute as abs  # noqa: A001
-from .ops import exp, log, matmul, relu, sigmoid, sqrt, tanh
+from .ops import cos, exp, expm1, log, log1p, matmul, relu, sigmoid, sin, sqrt, tanh
 from .gradcheck import GradcheckError, gradcheck
 from .scan import scan
 from .io import CheckpointError, load, save
 from .viz import draw, to_dot
-from .random import get_rng, seed
+from .random import get_rng, manual_seed, seed
 from . import data, nn, optim, interop
 
 __version__ = "0.1.0"

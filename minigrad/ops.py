@@ -107,6 +107,27 @@ def sqrt(x):
 
 
 @_unary
+def log1p(x):
+    return np.log1p(x), lambda g: (g / (1 + x),)
+
+
+@_unary
+def expm1(x):
+    y = np.expm1(x)
+    return y, lambda g: (g * (y + 1),)
+
+
+@_unary
+def sin(x):
+    return np.sin(x), lambda g: (g * np.cos(x),)
+
+
+@_unary
+def cos(x):
+    return np.cos(x), lambda g: (-g * np.sin(x),)
+
+
+@_unary
 def absolute(x):
     return np.abs(x), lambda g: (g * np.sign(x),)
 
@@ -271,6 +292,17 @@ def _extreme(reduce):
 
 max = primitive(_extreme(np.max), name="max", _builtin=True)
 min = primitive(_extreme(np.min), name="min", _builtin=True)
+
+
+@primitive(_builtin=True)
+def argmax(x, *, axis=None, keepdims=False):
+    """Indices: an integer result, so no gradient."""
+    return np.argmax(x, axis=axis, keepdims=keepdims), lambda g: (None,)
+
+
+@primitive(_builtin=True)
+def argmin(x, *, axis=None, keepdims=False):
+    return np.argmin(x, axis=axis, keepdims=keepdims), lambda g: (None,)
 
 
 # ---------------------------------------------------------------- shapes and indexing

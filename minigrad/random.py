@@ -1,13 +1,14 @@
 """One seedable random generator shared by minigrad: initialisers, Dropout, ``mg.randn``/``mg.rand``.
 
-``mg.seed(n)`` makes every later draw reproducible; ``get_rng()`` returns the generator in use,
+``mg.seed(n)`` (or ``mg.manual_seed(n)``, PyTorch's name) makes every later draw reproducible;
+``get_rng()`` returns the generator in use,
 so code that wants its own stream can still pass ``rng=`` where a function offers it.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["seed", "get_rng"]
+__all__ = ["seed", "manual_seed", "get_rng"]
 
 _rng = np.random.default_rng()
 
@@ -17,6 +18,11 @@ def seed(n: int | None) -> np.random.Generator:
     global _rng
     _rng = np.random.default_rng(n)
     return _rng
+
+
+def manual_seed(n: int | None) -> np.random.Generator:
+    """PyTorch's name for :func:`seed`."""
+    return seed(n)
 
 
 def get_rng() -> np.random.Generator:

@@ -69,6 +69,17 @@ def _as_array(data, dtype):
     return arr
 
 
+class _LastAxis:
+    """softmax's default axis: -1, told apart from an explicit ``axis=None`` (all axes) and from
+    ``dim=`` (given both, softmax refuses)."""
+
+    def __repr__(self):
+        return "-1"
+
+
+LAST = _LastAxis()
+
+
 class Node:
     """What the graph keeps of one op's output: its parents (Nodes, or leaf Tensors themselves,
     so every use of a parameter points at the parameter), its vjp, its op's name, the epoch and
@@ -179,7 +190,8 @@ class Tensor:
     shape = property(lambda self: self._data.shape)
     ndim = property(lambda self: self._data.ndim)
     dtype = property(lambda self: self._data.dtype)
-    size = property(lambda self: self._data.size)
+    size = property(lambda self: _Size(self._data.shape),
+                    doc="The number of elements, as numpy's ``.size``; callable as PyTorch's ``size(dim=None)``.")
     T = property(lambda self: ops.transpose(self))
     is_leaf = property(lambda self: self._node is None)
     node = property(lambda self: self._node, doc="The graph's record of the op that made it (None for a leaf).")
@@ -194,6 +206,10 @@ class Tensor:
 
     def __len__(self):
         return len(self._data)
+
+    def numel(self) -> int:
+        """The number of elements (``size``), PyTorch's name."""
+        return self._data.size
 
     def numpy(self) -> np.ndarray:
         _check_not_traced(self, "numpy()")
@@ -291,16 +307,46 @@ class Tensor:
     def clip(self, lo=None, hi=None): return ops.clip(self, lo=lo, hi=hi)
     def maximum(self, o): return ops.maximum(self, _lift(o))
     def minimum(self, o): return ops.minimum(self, _lift(o))
-    def sum(self, axis=None, keepdims=False): return ops.sum(self, axis=_axis(axis), keepdims=keepdims)
-    def max(self, axis=None, keepdims=False): return ops.max(self, axis=_axis(axis), keepdims=keepdims)
-    def min(self, axis=None, keepdims=False): return ops.min(self, axis=_axis(axis), keepdims=keepdims)
-    def mean(self, axis=None, keepdims=False): return functional.mean(self, axis, keepdims)
-    def var(self, axis=None, keepdims=False, ddof=0): return functional.var(self, axis, keepdims, ddof)
-    def softmax(self, axis=-1): return functional.softmax(self, axis)
-    def log_softmax(self, axis=-1): return functional.log_softmax(self, axis)
-    def logsumexp(self, axis=None, keepdims=False): return functional.logsumexp(self, axis, keepdims)
-    def expand_dims(self, axis): return functional.expand_dims(self, axis)
-    def squeeze(self, axis=None): return functional.squeeze(self, axis)
+    def log1p(self): return ops.log1p(self)
+    def expm1(self): return ops.expm1(self)
+    def sin(self): return ops.sin(self)
+    def cos(self): return ops.cos(self)
+    def square(self): return ops.multiply(self, self)
+    def pow(self, exponent): return self ** exponent
+
+    # reductions and axes: ``dim``/``keepdim`` (PyTorch's names) work wherever ``axis``/``keepdims`` do
+    def sum(self, axis=None, keepdims=None, *, dim=None, keepdim=None):
+        return functional.sum(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def max(self, axis=None, keepdims=None, *, dim=None, keepdim=None):
+        return functional.max(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def min(self, axis=None, keepdims=None, *, dim=None, keepdim=None):
+        return functional.min(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def argmax(self, axis=None, keepdims=None, *, dim=None, keepdim=None):
+        return functional.argmax(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def argmin(self, axis=None, keepdims=None, *, dim=None, keepdim=None):
+        return functional.argmin(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def mean(self, axis=None, keepdims=None, *, dim=None, keepdim=None):
+        return functional.mean(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def var(self, axis=None, keepdims=None, ddof=None, *, dim=None, keepdim=None, correction=None):
+        return functional.var(self, axis, keepdims, ddof, dim=dim, keepdim=keepdim, correction=correction)
+
+    def std(self, axis=None, keepdims=None, ddof=None, *, dim=None, keepdim=None, correction=None):
+        return functional.std(self, axis, keepdims, ddof, dim=dim, keepdim=keepdim, correction=correction)
+
+    def logsumexp(self, axis=None, keepdims=None, *, dim=None, keepdim=None):
+        return functional.logsumexp(self, axis, keepdims, dim=dim, keepdim=keepdim)
+
+    def softmax(self, axis=LAST, *, dim=None): return functional.softmax(self, axis, dim=dim)
+    def log_softmax(self, axis=LAST, *, dim=None): return functional.log_softmax(self, axis, dim=dim)
+    def expand_dims(self, axis=None, *, dim=None): return functional.expand_dims(self, axis, dim=dim)
+    def unsqueeze(self, dim): return functional.expand_dims(self, dim)
+    def squeeze(self, axis=None, *, dim=None): return functional.squeeze(self, axis, dim=dim)
     def flatten(self): return self.reshape(-1)
 
     def reshape(self, *shape):
@@ -308,13 +354,75 @@ class Tensor:
             shape = shape[0]
         return ops.reshape(self, shape=tuple(_dim(s, "reshape") for s in shape))
 
+    def view(self, *shape):
+        """PyTorch's name for ``reshape`` (a reshape here is a view whenever numpy's is)."""
+        return self.reshape(*shape)
+
     def transpose(self, *axes):
+        """Axes in the given order (all reversed if none), as numpy.transpose. (PyTorch's
+        ``transpose(d0, d1)`` swaps two axes; its ``permute(*dims)`` is this.)"""
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = axes[0]
         return ops.transpose(self, axes=tuple(axes) if axes else None)
 
-    def split(self, sections, axis=0): return functional.split(self, sections, axis)
-    def chunk(self, chunks, axis=0): return functional.chunk(self, chunks, axis)
+    def permute(self, *dims):
+        """The axes in the order ``dims`` (every axis once), as torch.permute."""
+        if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+            dims = dims[0]
+        if len(dims) != self.ndim:
+            raise ValueError(f"permute: dims {tuple(dims)} must name each of the {self.ndim} axes of shape "
+                             f"{self.shape} once")
+        return ops.transpose(self, axes=tuple(dims))
+
+    def split(self, sections, axis=None, *, dim=None): return functional.split(self, sections, axis, dim=dim)
+    def chunk(self, chunks, axis=None, *, dim=None): return functional.chunk(self, chunks, axis, dim=dim)
+
+    # -- copies and dtypes, PyTorch's way
+    def clone(self) -> "Tensor":
+        """A copy of the data that stays in the graph (its gradient flows to this tensor)."""
+        return ops.astype(self, dtype=self.dtype)           # numpy's astype copies, even to the same dtype
+
+    def to(self, dtype) -> "Tensor":
+        """This tensor in ``dtype`` (itself if it already has it), recorded so the gradient comes back
+        in this dtype. ``to("cpu")`` is itself too: minigrad runs on the CPU with numpy, no devices."""
+        if isinstance(dtype, str) and dtype.split(":")[0] in _DEVICES:
+            if dtype.split(":")[0] != "cpu":
+                raise ValueError(f"to: minigrad runs on the CPU with numpy; there is no device {dtype!r}")
+            return self
+        dtype = np.dtype(dtype)
+        return self if dtype == self.dtype else ops.astype(self, dtype=dtype)
+
+    def float(self) -> "Tensor":
+        """``to(float32)``, as torch's ``.float()``."""
+        return self.to(np.float32)
+
+    def double(self) -> "Tensor":
+        """``to(float64)``, as torch's ``.double()``."""
+        return self.to(np.float64)
+
+
+_DEVICES = ("cpu", "cuda", "mps", "xpu", "meta")
+
+
+class _Size(int):
+    """``t.size`` is the number of elements (numpy's meaning), and calling it gives PyTorch's:
+    ``t.size()`` the shape, ``t.size(dim)`` the length of one axis."""
+
+    def __new__(cls, shape):
+        n = 1
+        for s in shape:
+            n *= s
+        self = super().__new__(cls, n)
+        self.shape = shape
+        return self
+
+    def __call__(self, dim=None):
+        if dim is None:
+            return self.shape
+        try:
+            return self.shape[operator.index(dim)]
+        except IndexError:
+            raise IndexError(f"size: dim {dim} is out of range for shape {self.shape}") from None
 
 
 def _lift(x):
@@ -338,12 +446,6 @@ def _raw(x):
         _check_not_traced(x, "the values (as an index)")   # else frozen at step 0, silently
         return x._data
     return x
-
-
-def _axis(axis):
-    if isinstance(axis, list):
-        return tuple(axis)
-    return axis
 
 
 def _raw_index(index):

@@ -62,9 +62,17 @@ def REDUCE(draw, min_dims=0, min_side=1, min_axes=0):
 
 
 @st.composite
-def AXIS(draw):
+def AXIS(draw, allow_none=True):
     shape = draw(_shapes())
-    return (shape,), {"axis": draw(valid_axes(len(shape)))}
+    return (shape,), {"axis": draw(valid_axes(len(shape), allow_none=allow_none))}
+
+
+@st.composite
+def INT_AXIS(draw, allow_none=True):
+    """One axis (an int) or None, and keepdims: argmax's and argmin's arguments."""
+    shape = draw(_shapes(min_dims=1))
+    axis = draw(st.one_of(st.integers(-len(shape), len(shape) - 1), *([st.none()] if allow_none else [])))
+    return (shape,), {"axis": axis, "keepdims": draw(st.booleans())}
 
 
 @st.composite
@@ -232,8 +240,19 @@ OPS = [
     Op("div_array", lambda x, c: x / c, np.divide, (ANY, NONZERO), BINARY, consts=(1,)),
     Op("pow_array", lambda x, c: x ** c, np.power, (BASE, SMALL), BINARY, consts=(1,)),
     Op("matmul_array", lambda x, c: x @ c, np.matmul, draw=MATMUL, consts=(1,)),
+    Op("pow_method", lambda a, b: a.pow(b), np.power, (BASE, SMALL), BINARY),
+    Op("pow_method_number", lambda x: x.pow(3), lambda x: x ** 3),
+    Op("square_method", lambda x: x.square(), np.square),
     # elementwise math
     Op("exp", mg.exp, np.exp),
+    Op("log1p", mg.log1p, np.log1p, floats(-0.9, 3)),
+    Op("log1p_method", lambda x: x.log1p(), np.log1p, floats(-0.9, 3)),
+    Op("expm1", mg.expm1, np.expm1),
+    Op("expm1_method", lambda x: x.expm1(), np.expm1),
+    Op("sin", mg.sin, np.sin),
+    Op("sin_method", lambda x: x.sin(), np.sin, floats(-7, 7)),
+    Op("cos", mg.cos, np.cos),
+    Op("cos_method", lambda x: x.cos(), np.cos, floats(-7, 7)),
     Op("log", mg.log, np.log, POSITIVE),
     Op("sqrt", mg.sqrt, np.sqrt, POSITIVE),
     Op("abs", mg.abs, np.abs, NONZERO),
@@ -262,6 +281,31 @@ OPS = [
     Op("min", lambda x, **kw: mg.min(x, **kw), np.min, GRID, REDUCE(), unique=True),
     Op("logsumexp", lambda x, **kw: mg.logsumexp(x, **kw), lambda x, **kw: np.log(np.sum(np.exp(x), **kw)),
        draw=REDUCE()),
+    # std: at least 2 values 1/8 apart or more along every axis, so it is never 0 (where sqrt has no derivative)
+    Op("std", lambda x, axis, keepdims: x.std(axis, keepdims), np.std, GRID,
+       REDUCE(min_dims=1, min_side=2, min_axes=1), unique=True),
+    Op("mg.std_ddof1", lambda x, **kw: mg.std(x, ddof=1, **kw), lambda x, **kw: np.std(x, ddof=1, **kw),
+       GRID, REDUCE(min_dims=1, min_side=2, min_axes=1), unique=True),
+    # PyTorch's spellings of the same arguments: dim= for axis=, keepdim= for keepdims=, correction= for ddof=
+    Op("sum_dim", lambda x, axis, keepdims: x.sum(dim=axis, keepdim=keepdims), np.sum, draw=REDUCE()),
+    Op("mg.sum_dim", lambda x, axis, keepdims: mg.sum(x, dim=axis, keepdim=keepdims), np.sum, draw=REDUCE()),
+    Op("mean_dim", lambda x, axis, keepdims: x.mean(dim=axis, keepdim=keepdims), np.mean, draw=REDUCE()),
+    Op("mg.mean_dim", lambda x, axis, keepdims: mg.mean(x, dim=axis, keepdim=keepdims), np.mean, draw=REDUCE()),
+    Op("max_dim", lambda x, axis, keepdims: x.max(dim=axis, keepdim=keepdims), np.max, GRID, REDUCE(), unique=True),
+    Op("mg.min_dim", lambda x, axis, keepdims: mg.min(x, dim=axis, keepdim=keepdims), np.min, GRID, REDUCE(),
+       unique=True),
+    Op("var_dim_correction", lambda x, axis, keepdims: x.var(dim=axis, keepdim=keepdims, correction=1),
+       lambda x, **kw: np.var(x, ddof=1, **kw), draw=REDUCE(min_dims=1, min_side=2, min_axes=1)),
+    Op("std_dim", lambda x, axis, keepdims: x.std(dim=axis, keepdim=keepdims), np.std,
+       GRID, REDUCE(min_dims=1, min_side=2, min_axes=1), unique=True),
+    Op("mg.std_dim_correction", lambda x, axis, keepdims: mg.std(x, dim=axis, keepdim=keepdims, correction=1),
+       lambda x, **kw: np.std(x, ddof=1, **kw), GRID, REDUCE(min_dims=1, min_side=2, min_axes=1), unique=True),
+    Op("logsumexp_dim", lambda x, axis, keepdims: x.logsumexp(dim=axis, keepdim=keepdims),
+       lambda x, **kw: np.log(np.sum(np.exp(x), **kw)), draw=REDUCE()),
+    Op("softmax_dim", lambda x, axis: x.softmax(dim=axis), _softmax, draw=AXIS(allow_none=False)),
+    Op("mg.softmax_dim", lambda x, axis: mg.softmax(x, dim=axis), _softmax, draw=AXIS(allow_none=False)),
+    Op("log_softmax_dim", lambda x, axis: x.log_softmax(dim=axis), lambda x, axis: np.log(_softmax(x, axis)),
+       draw=AXIS(allow_none=False)),
     Op("softmax", lambda x, axis: x.softmax(axis), _softmax, draw=AXIS()),
     Op("log_softmax", lambda x, axis: mg.log_softmax(x, axis), lambda x, axis: np.log(_softmax(x, axis)),
        draw=AXIS()),
@@ -274,6 +318,16 @@ OPS = [
     Op("T", lambda x: x.T, np.transpose),
     Op("expand_dims", lambda x, axis: x.expand_dims(axis), np.expand_dims, draw=NEW_AXIS()),
     Op("squeeze", lambda x, axis: mg.squeeze(x, axis), np.squeeze, draw=SIZE_ONE_AXES()),
+    Op("squeeze_dim", lambda x, axis: x.squeeze(dim=axis), np.squeeze, draw=SIZE_ONE_AXES()),
+    Op("unsqueeze", lambda x, axis: x.unsqueeze(axis), np.expand_dims, draw=NEW_AXIS()),
+    Op("mg.unsqueeze", lambda x, axis: mg.unsqueeze(x, axis), np.expand_dims, draw=NEW_AXIS()),
+    Op("expand_dims_dim", lambda x, axis: mg.expand_dims(x, dim=axis), np.expand_dims, draw=NEW_AXIS()),
+    Op("view", lambda x, shape: x.view(*shape), np.reshape, draw=RESHAPE()),
+    Op("view_tuple", lambda x, shape: x.view(shape), np.reshape, draw=RESHAPE()),
+    Op("permute", lambda x, axes: x.permute(*(reversed(range(x.ndim)) if axes is None else axes)), np.transpose,
+       draw=PERMUTATION()),
+    Op("clone", lambda x: x.clone(), np.copy),
+    Op("to_own_dtype", lambda x: x.to(x.dtype), lambda x: x),
     # indexing
     Op("getitem_basic", lambda x, index: x[index], lambda x, index: x[index], draw=BASIC_INDEX()),
     Op("getitem_int_arrays", lambda x, index: x[index], lambda x, index: x[index], draw=INT_ARRAY_INDEX()),
@@ -285,6 +339,15 @@ OPS = [
     Op("concatenate", lambda *xs, axis: mg.concatenate(xs, axis), lambda *xs, axis: np.concatenate(xs, axis),
        draw=JOIN(new_axis=False)),
     Op("stack", lambda *xs, axis: mg.stack(xs, axis), lambda *xs, axis: np.stack(xs, axis), draw=JOIN(new_axis=True)),
+    Op("cat_dim", lambda *xs, axis: mg.cat(xs, dim=axis), lambda *xs, axis: np.concatenate(xs, axis),
+       draw=JOIN(new_axis=False)),
+    Op("concatenate_dim", lambda *xs, axis: mg.concatenate(xs, dim=axis), lambda *xs, axis: np.concatenate(xs, axis),
+       draw=JOIN(new_axis=False)),
+    Op("stack_dim", lambda *xs, axis: mg.stack(xs, dim=axis), lambda *xs, axis: np.stack(xs, axis),
+       draw=JOIN(new_axis=True)),
+    Op("split_dim", lambda x, sections, axis: tuple(x.split(sections, dim=axis)),
+       lambda x, sections, axis: tuple(np.split(x, sections, axis)), draw=SECTIONS()),
+    Op("chunk_dim", lambda x, chunks, axis: tuple(x.chunk(chunks, dim=axis)), _chunk, draw=CHUNKS()),
     Op("split", lambda x, sections, axis: tuple(mg.split(x, sections, axis)),
        lambda x, sections, axis: tuple(np.split(x, sections, axis)), draw=SECTIONS()),
     Op("split_method", lambda x, sections, axis: tuple(x.split(sections, axis)),
@@ -524,3 +587,85 @@ def test_constructors():
     assert r.shape == (3, 2) and r.requires_grad
     np.testing.assert_array_equal(r.data, np.random.default_rng(0).standard_normal((3, 2)).astype(np.float32))
     assert mg.zeros_like(mg.Tensor(np.ones(2, np.float32))).dtype == np.float32
+
+
+# ---------------------------------------------------------------- PyTorch's names for the same things
+
+ARGS = {"argmax": (np.argmax, lambda x, **kw: x.argmax(**kw), lambda x, **kw: mg.argmax(x, **kw)),
+        "argmin": (np.argmin, lambda x, **kw: x.argmin(**kw), lambda x, **kw: mg.argmin(x, **kw))}
+
+
+@pytest.mark.parametrize("name", ARGS)
+@given(data=st.data())
+def test_argmax_and_argmin_match_numpy_under_both_spellings_without_gradient(name, data):
+    (shape,), params = data.draw(INT_AXIS())
+    x = data.draw(hnp.arrays(np.float64, shape, elements=GRID))     # ties allowed: the first wins, as numpy
+    ref, method, function = ARGS[name]
+    expected = ref(x, **params)
+    t = mg.Tensor(x, requires_grad=True)
+    torch_style = {"dim": params["axis"], "keepdim": params["keepdims"]}
+    for out in (method(t, **params), function(t, **params), method(t, **torch_style), function(x, **torch_style)):
+        assert out.dtype.kind == "i" and not out.requires_grad and mg.graph_size(out) == 0
+        np.testing.assert_array_equal(out.data, expected)
+        assert out.shape == np.shape(expected)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: x.sum(axis=0, dim=0), lambda x: x.mean(keepdims=True, keepdim=True), lambda x: mg.max(x, 0, dim=1),
+    lambda x: x.var(ddof=1, correction=1), lambda x: mg.std(x, axis=1, dim=1), lambda x: x.softmax(-1, dim=1),
+    lambda x: mg.log_softmax(x, axis=0, dim=0), lambda x: x.logsumexp(axis=1, dim=1), lambda x: x.argmax(0, dim=0),
+    lambda x: mg.cat([x, x], axis=0, dim=0), lambda x: mg.stack([x], 0, dim=0), lambda x: x.split(2, 1, dim=1),
+    lambda x: x.chunk(2, axis=0, dim=0), lambda x: x.squeeze(axis=0, dim=0), lambda x: x.expand_dims(0, dim=0)])
+def test_both_spellings_at_once_is_a_clear_error(call):
+    with pytest.raises(TypeError, match=r"got both (axis= and dim=|keepdims= and keepdim=|ddof= and correction=)"):
+        call(mg.Tensor(np.ones((2, 2))))
+
+
+def test_softmax_axis_none_still_means_every_axis_and_the_default_is_the_last():
+    x = np.array([[0.0, 1.0], [2.0, 3.0]])
+    np.testing.assert_allclose(mg.softmax(x, axis=None).data, np.exp(x) / np.exp(x).sum(), rtol=1e-12)
+    np.testing.assert_allclose(mg.Tensor(x).softmax().data, mg.Tensor(x).softmax(dim=-1).data, rtol=0)
+    np.testing.assert_allclose(mg.Tensor(x).softmax(dim=0).data, np.exp(x) / np.exp(x).sum(0), rtol=1e-12)
+
+
+def test_size_is_numpys_count_and_pytorchs_method():
+    t = mg.zeros(2, 3, 4)
+    assert t.size == 24 and t.size * 2 == 48 and t.numel() == 24      # numpy's attribute
+    assert t.size() == (2, 3, 4) and t.size(1) == 3 and t.size(-1) == 4   # PyTorch's method
+    with pytest.raises(IndexError, match=r"size: dim 3 is out of range for shape \(2, 3, 4\)"):
+        t.size(3)
+
+
+def test_float_double_and_to_cast_with_a_gradient_in_the_source_dtype():
+    x = mg.Tensor(np.array([1.0, 2.0], np.float32), requires_grad=True)
+    assert x.float() is x and x.to(np.float32) is x and x.to("cpu") is x and x.to("cpu:0") is x
+    d = x.double()
+    assert d.dtype == np.float64 and x.to("float64").dtype == np.float64 and d.float().dtype == np.float32
+    (d * mg.Tensor(np.array([3.0, 4.0]))).sum().backward()
+    assert x.grad.dtype == np.float32
+    np.testing.assert_array_equal(x.grad, [3.0, 4.0])
+    with pytest.raises(ValueError, match="minigrad runs on the CPU with numpy; there is no device 'cuda'"):
+        x.to("cuda")
+
+
+def test_clone_copies_the_data_and_keeps_the_gradient_path():
+    x = mg.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = x.clone()
+    assert y.data is not x.data and not np.shares_memory(y.data, x.data) and y.dtype == x.dtype
+    y.data[0] = 5.0
+    assert x.data[0] == 1.0
+    (y * 3.0).sum().backward()
+    np.testing.assert_array_equal(x.grad, [3.0, 3.0])
+
+
+def test_permute_names_every_axis():
+    with pytest.raises(ValueError, match=r"permute: dims \(1, 0\) must name each of the 3 axes of shape \(2, 3, 4\)"):
+        mg.zeros(2, 3, 4).permute(1, 0)
+
+
+def test_manual_seed_is_seed():
+    mg.manual_seed(3)
+    a = mg.randn(4).data
+    mg.seed(3)
+    np.testing.assert_array_equal(a, mg.randn(4).data)
+    assert mg.cat is mg.concatenate

@@ -95,6 +95,15 @@ def _reductions(P):
     return body
 
 
+def _torch_names(P):
+    """The elementwise primitives added for PyTorch users, and dim=/keepdim= inside a body."""
+    def body(h, x):
+        s = h.sin() * x.cos() + (h * h).log1p() * P["a"] - (x * 0.5).expm1()
+        h = (s - s.mean(dim=1, keepdim=True)).tanh() + h.std(dim=-1, keepdim=True) * 0.1
+        return h, h.softmax(dim=0).square()
+    return body
+
+
 def _getitem(P):
     def body(h, x):
         rolled = mg.concatenate([h[:, 1:], h[:, :1] * x[:, :1]], axis=1)
@@ -237,6 +246,7 @@ CASES = {
     "xs None with length": (_only_length, (B, H), None, {"a": (H,), "W": (H, H)}),
     "broadcasting": (_broadcast, (B, H), (B, H), {"v": (H,), "s": (), "m": (1, H), "col": (B, 1), "k": (H,)}),
     "reductions": (_reductions, (B, H), (B, H), {"a": (H,)}),
+    "PyTorch names": (_torch_names, (B, H), (B, H), {"a": (H,)}),
     "getitem": (_getitem, (B, H), (B, H), {"a": (1, H)}),
     "comparisons and where": (_where, (B, H), (B, H), {"a": (H,)}),
     "user primitives": (_user_primitives, (B, H), (B, H), {"W": (H, H), "a": (H,)}),
@@ -328,8 +338,8 @@ def test_scan_equals_the_plain_loop(name, grads, T):
 
 
 GRADCHECKED = ["tensor carry, tensor xs", "tuple carry, tuple ys", "tuple xs", "xs None with length", "broadcasting",
-               "reductions", "getitem", "user primitives", "hoisted chain", "weight hoisted and per step",
-               "batched matmul", "scalar carry"]
+               "reductions", "PyTorch names", "getitem", "user primitives", "hoisted chain",
+               "weight hoisted and per step", "batched matmul", "scalar carry"]
 
 
 @pytest.mark.parametrize("name", GRADCHECKED)
