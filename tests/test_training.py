@@ -205,8 +205,10 @@ def test_predict_is_batched_in_eval_mode_without_grad():
     assert model.training and model[1].training                            # modes restored
     model.eval()
     np.testing.assert_allclose(out, model(mg.Tensor(x)).data, rtol=1e-14)
-    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+    with pytest.raises(ValueError, match="predict: batch_size must be a positive integer"):
         nn.predict(model, x, batch_size=0)
+    with pytest.raises(TypeError, match="predict: x must be an array or Tensor with rows on axis 0"):
+        nn.predict(model, DataLoader(x, batch_size=8))
 
 
 def test_one_line_per_epoch_off_a_terminal(capsys):

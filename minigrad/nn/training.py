@@ -252,10 +252,10 @@ def fit(model, loss_fn, optimizer, x, y=None, *, epochs: int = 1, batch_size: in
     return history
 
 
-def _check_positive(**values):
+def _check_positive(where="fit", **values):
     for name, v in values.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"fit: {name} must be a positive integer, got {v!r}")
+            raise ValueError(f"{where}: {name} must be a positive integer, got {v!r}")
 
 
 def _epoch_bar(verbose, total, desc, backend):
@@ -305,8 +305,11 @@ def evaluate(model, loss_fn, x, y=None, batch_size: int = 256, metrics=None):
 def predict(model, x, batch_size: int = 32) -> np.ndarray:
     """``model(x)`` in batches of ``batch_size`` rows, in eval mode under ``no_grad`` (every module's
     mode is restored), concatenated into one ndarray (a tuple of them if the model returns a tuple)."""
-    _check_positive(batch_size=batch_size)
+    _check_positive("predict", batch_size=batch_size)
     x = _array(x)
+    if x.dtype.hasobject or x.ndim == 0:
+        raise TypeError(f"predict: x must be an array or Tensor with rows on axis 0, got {type(x).__name__} "
+                        f"of dtype {x.dtype} and shape {x.shape}")
     outs = []
     with _eval_mode(model):
         for start in range(0, len(x), batch_size):
