@@ -217,25 +217,121 @@ def _note_inplace(arr, epoch):
     _modified[key] = (epoch, weakref.ref(arr, lambda _, key=key: _modified.pop(key, None)))
 
 
+# ---------------------------------------------------------------------------- read-only while a graph reads
+
+_pinned = {}   # id(an array that owns its memory) -> weakref to its _Pin
+
+
+class _Pin:
+    """Keeps an array (and the views of it given to ops) read-only while a recorded node may read
+    it: every such node holds the pin, and when the last of them is freed (by backward, or by
+    garbage collection) the arrays become writable again. So a write through the array itself
+    (``x.data[...] = v``, ``np.copyto``, ``out=``) raises instead of changing what a vjp reads;
+    the library's own in-place changes lift it for the write (``writable``) and bump the version."""
+
+    __slots__ = ("owner", "views", "__weakref__")
+
+    def __init__(self, owner):
+        self.owner, self.views = owner, []
+        owner.flags.writeable = False
+        _pinned[id(owner)] = weakref.ref(self)
+
+    def __del__(self):
+        try:
+            _pinned.pop(id(self.owner), None)
+            self.owner.flags.writeable = True
+            for v in self.views:
+                v.flags.writeable = True
+        except Exception:        # interpreter shutdown, or a view numpy will not make writable again
+            pass
+
+
+def _owner(arr):
+    base = arr.base
+    return arr if base is None or not isinstance(base, np.ndarray) else base
+
+
+def _pin(arr):
+    """The pin keeping ``arr`` (and the array owning its memory) read-only, or None if there is
+    nothing to pin (the array was read-only to begin with)."""
+    base = arr.base
+    owner = arr if base is None or not isinstance(base, np.ndarray) else base
+    ref = _pinned.get(id(owner))
+    pin = None if ref is None else ref()
+    if pin is None:
+        if not owner.flags.writeable:
+            return None
+        pin = _Pin(owner)
+    if arr is not owner and arr.flags.writeable:
+        arr.flags.writeable = False
+        pin.views.append(arr)
+    return pin
+
+
+def _pin_leaves(args):
+    """Pins for the arrays of the leaf Tensors and plain arrays among an op's operands: the data a
+    user can reach and write (results of ops are changed only by in-place operators: versions)."""
+    pins = []
+    for a in args:
+        if type(a) is np.ndarray:
+            arr = a
+        elif isinstance(a, Tensor) and a._node is None:
+            arr = a._data
+        else:
+            continue
+        pin = _pin(arr)
+        if pin is not None:
+            pins.append(pin)
+    return tuple(pins) if pins else None
+
+
+@contextlib.contextmanager
+def writable(arr):
+    """Lift the pins on ``arr`` for an in-place change the library tracks (an optimizer step, a
+    load, an in-place operator): the caller bumps the version, which backward checks."""
+    owner = _owner(arr)
+    ref = _pinned.get(id(owner))
+    pin = None if ref is None else ref()
+    lifted = []
+    if pin is not None:
+        for a in (owner, arr) if arr is not owner else (owner,):
+            if not a.flags.writeable:
+                a.flags.writeable = True
+                lifted.append(a)
+    try:
+        yield arr
+    finally:
+        for a in reversed(lifted):
+            a.flags.writeable = False
+
+
 def apply(prim: Primitive, args, kwargs):
     """Run a primitive on Tensors (and constants); record it when a gradient is needed."""
     arrays, parents = [], []
-    need = False
+    need = leaf = False                 # leaf: an operand's array is a user's (a leaf's, or an ndarray)
     for a in args:                      # one plain loop: cheaper than comprehensions for 1-3 operands
         if type(a) is Tensor or isinstance(a, Tensor):
             arrays.append(a._data)
+            node = a._node
+            if node is None:
+                leaf = True
             if a.requires_grad:
                 need = True
-                parents.append(a._node or a)    # a leaf is its own graph entry
+                parents.append(node or a)       # a leaf is its own graph entry
                 continue
         else:
-            if type(a) is not float and type(a) is not np.ndarray:
-                a = _operand(prim, a)
+            if type(a) is not float:
+                if type(a) is np.ndarray:
+                    leaf = True
+                else:
+                    a = _operand(prim, a)
             arrays.append(a)
         parents.append(None)
     state = _state
     if need and not state.grad:
         need = False
+    # before the forward, so a view it returns of a leaf (x.T) is read-only too
+    pins = _pin_leaves(args) if leaf and need and state.trace is None else None
     if prim.wants_needs:
         if not need:
             kwargs["needs_grad"] = (False,) * len(args)
@@ -262,6 +358,7 @@ def apply(prim: Primitive, args, kwargs):
         node._step = state.step
         node.shape = out.shape
         node.dtype = out.dtype
+        node._pins = pins
     else:
         t.requires_grad = False
         t._node = None
@@ -487,6 +584,7 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
             reports = recorder is not None and getattr(vjp, "reports_contributions", False)
             if not retain_graph:
                 t._vjp = _freed
+                t._pins = None        # its arrays are writable again unless another graph reads them
             for p, gi in zip(parents, in_grads):
                 if p is None:
                     continue

@@ -346,6 +346,23 @@ def getitem(x, *, index):
     return x[index], vjp
 
 
+def _setitem_explain(x, v, *, index):
+    return f"cannot set index {index!r} of shape {np.shape(x)} to a value of shape {np.shape(v)}"
+
+
+@primitive(explain=_setitem_explain, _builtin=True)
+def setitem(x, v, *, index):
+    """``x`` with ``x[index] = v``: what ``Tensor.__setitem__`` records."""
+    out = x.copy()
+    out[index] = v
+
+    def vjp(g):
+        gx = g.copy()
+        gx[index] = 0
+        return gx, g[index]
+    return out, vjp
+
+
 @primitive(_builtin=True)
 def concatenate(*xs, axis=0):
     ends = np.cumsum([x.shape[axis] for x in xs])[:-1]

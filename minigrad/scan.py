@@ -1193,9 +1193,10 @@ def _record(prog, K, kept, saved, T, inputs, outs, n_carry, replay):
         return grads
 
     hub_vjp.reports_contributions = True
-    from .engine import _epoch
+    from .engine import _epoch, _pin_leaves
+    pins = _pin_leaves(inputs) if _state.trace is None else None      # leaves read-only while it lives
     hub = Node([(t._node or t) if t.requires_grad else None for t in inputs], hub_vjp, "scan", _epoch[0],
-               _state.step, (0,), np.dtype(np.float64))
+               _state.step, (0,), np.dtype(np.float64), pins)
     empty = np.empty(0)
     for n, t in enumerate(outs):
         def take(g, n=n):

@@ -91,12 +91,13 @@ class Node:
     arrays). PyTorch's ``grad_fn`` is the same split.
     """
 
-    __slots__ = ("_parents", "_vjp", "_op", "_epoch", "_step", "shape", "dtype")
+    __slots__ = ("_parents", "_vjp", "_op", "_epoch", "_step", "shape", "dtype", "_pins")
 
-    def __init__(self, parents, vjp, op, epoch, step, shape, dtype):
+    def __init__(self, parents, vjp, op, epoch, step, shape, dtype, pins=None):
         # engine.apply spells these stores out instead of calling here: ~50 ns an op, ~1% of a tiny LSTM step
         self._parents, self._vjp, self._op, self._epoch, self._step = tuple(parents), vjp, op, epoch, step
         self.shape, self.dtype = shape, dtype
+        self._pins = pins      # engine._Pin: the arrays of its leaf operands stay read-only while it lives
 
     ndim = property(lambda self: len(self.shape))
     op = property(lambda self: self._op, doc="The name of the op.")
@@ -145,6 +146,11 @@ class Tensor:
     # -- data and in-place safety
     @property
     def data(self) -> np.ndarray:
+        """The ndarray itself (no copy). While a recorded graph may read it (a leaf's array, until
+        that graph's backward has run or the graph is freed) it is read-only, so a write through it
+        raises numpy's "assignment destination is read-only" instead of changing a gradient
+        unseen: write after backward, or with the in-place operators (``x[i] = v``, ``x -= d``)
+        under ``mg.no_grad()``, which backward sees as a version change."""
         if _state.trace is not None:
             _check_not_traced(self, ".data")
         return self._data
@@ -160,6 +166,59 @@ class Tensor:
         from .engine import _epoch, _note_inplace
         _epoch[0] += 1
         _note_inplace(self._data, _epoch[0])
+
+    def _unlocked(self):
+        """A context in which the library changes this tensor's array in place although a graph
+        holds it read-only (an optimizer step, a load); the caller then bumps the version."""
+        from .engine import writable
+        return writable(self._data)
+
+    # -- in-place operators, with PyTorch's semantics
+    def __iadd__(self, o): return self._inplace(ops.add, np.add, o, "+=")
+    def __isub__(self, o): return self._inplace(ops.subtract, np.subtract, o, "-=")
+    def __imul__(self, o): return self._inplace(ops.multiply, np.multiply, o, "*=")
+    def __itruediv__(self, o): return self._inplace(ops.divide, np.divide, o, "/=")
+
+    def __setitem__(self, index, value):
+        index = _raw_index(index)
+        self._inplace(lambda x, v: ops.setitem(x, v, index=index), lambda a, v, out: a.__setitem__(index, v),
+                      value, "item assignment")
+
+    def _inplace(self, op, write, o, what):
+        """Change this tensor in place to ``op(self, o)``. Under ``no_grad`` (or when nothing needs a
+        gradient) it writes into the array; otherwise the op is recorded and this tensor takes its
+        node, as in PyTorch. Either way the version changes, so a recorded op that saved the old
+        values makes backward raise. A leaf that requires grad may change only under no_grad."""
+        if _state.trace is not None:
+            raise RuntimeError(f"scan: in-place {what} in a scan body; the body is traced once and replayed, "
+                               f"so write it out of place (e.g. x = x + d, or mg.where for item assignment)")
+        o = o if type(o) is Tensor else _lift(o)
+        o_grad = isinstance(o, Tensor) and o.requires_grad
+        if _state.grad and self.requires_grad and self._node is None:
+            raise RuntimeError(f"{what}: an in-place change of a leaf tensor that requires grad (shape {self.shape}) "
+                               f"outside no_grad(); it would cut the tensor from its own gradient. Do it under "
+                               f"`with mg.no_grad():` (as an optimizer step is), or on a copy")
+        if _state.grad and (self.requires_grad or o_grad):
+            old = Tensor.__new__(Tensor)        # the old values: the op's vjp may keep them (PyTorch's clone)
+            old._data, old._grad, old.requires_grad, old._node = self._data.copy(), None, self.requires_grad, self._node
+            result = op(old, o)
+            if result.shape != self.shape or result.dtype != self.dtype:
+                raise ValueError(f"{what}: the result has shape {result.shape} and dtype {result.dtype}; an in-place "
+                                 f"change must keep the tensor's {self.shape} and {self.dtype}")
+            with self._unlocked():
+                np.copyto(self._data, result._data)
+            self._node, self.requires_grad = result._node, result.requires_grad
+        else:
+            value = o._data if isinstance(o, Tensor) else o
+            try:
+                with self._unlocked():
+                    write(self._data, value, out=self._data)
+            except (ValueError, TypeError, IndexError) as err:
+                from .engine import _restated
+                raise _restated(err, f"{what}: cannot change a tensor of shape {self.shape} and dtype "
+                                     f"{self.dtype} in place: {err}") from err
+        self._bump()
+        return self
 
     @property
     def grad(self):

@@ -95,6 +95,38 @@ def gradcheck_lstm32():
     return mg.gradcheck(lambda x: lstm(x).sum(), [x32])
 
 
+def write_while_recorded(write):
+    x = mg.Tensor(f64(1, 2, 3), requires_grad=True)
+    y = (x * x).sum()       # noqa: F841  (the graph must be alive during the write)
+    write(x)
+
+
+def gradient_after_refused_write():
+    x = mg.Tensor(f64(1, 2, 3), requires_grad=True)
+    y = (x * x).sum()
+    with pytest.raises(ValueError):
+        x.data[...] = 10
+    y.backward()
+    return x.grad
+
+
+def sgd_by_hand():
+    p = nn.Parameter(f64(1, 2))
+    same = p
+    with mg.no_grad():
+        p -= 0.5
+    assert p is same
+    return p.data
+
+
+def backward_after_in_place():
+    w = nn.Parameter(f64(1, 2))
+    loss = (w * w).sum()
+    with mg.no_grad():
+        w -= 0.5
+    loss.backward()
+
+
 FILES = tempfile.mkdtemp(prefix="minigrad-bad-inputs-")
 atexit.register(shutil.rmtree, FILES, True)
 
@@ -233,6 +265,19 @@ ROWS = [
     Row("SGD with lr=-1", lambda: mg.optim.SGD([nn.Parameter(np.ones(2))], lr=-1.0), Raises(ValueError, ("SGD", "lr"))),
     Row("gradcheck of a float32 LSTM checks in float32, warning that it is weak", lambda: gradcheck_lstm32(),
         Warns(UserWarning, ("gradcheck", "float32", "weak"), True)),
+    # -------------------------------------------------- in-place changes
+    Row("x.data[...] = 10 while a graph reads x", lambda: write_while_recorded(lambda x: x.data.__setitem__(..., 10)),
+        Raises(ValueError, ("read-only",))),
+    Row("np.copyto(x.data, ...) while a graph reads x", lambda: write_while_recorded(lambda x: np.copyto(x.data, 1)),
+        Raises(ValueError, ("read-only",))),
+    Row("the gradient after a refused write", lambda: gradient_after_refused_write(), Gives(f64(2, 4, 6))),
+    Row("p -= d on a parameter outside no_grad", lambda: nn.Parameter(f64(1, 2)).__isub__(1.0),
+        Raises(RuntimeError, ("-=", "leaf", "no_grad"))),
+    Row("p[0] = v on a parameter outside no_grad", lambda: nn.Parameter(f64(1, 2)).__setitem__(0, 1.0),
+        Raises(RuntimeError, ("item assignment", "leaf", "no_grad"))),
+    Row("p -= d under no_grad changes p itself", lambda: sgd_by_hand(), Gives(f64(0.5, 1.5))),
+    Row("backward after an in-place change of a saved value", lambda: backward_after_in_place(),
+        Raises(RuntimeError, ("multiply", "modified in place"))),
     # -------------------------------------------------- checkpoints
     Row("mg.load of a text file", lambda: mg.load(checkpoint("text")), Raises(mg.CheckpointError, ("text file",))),
     Row("mg.load of a PyTorch file", lambda: mg.load(checkpoint("pt")),

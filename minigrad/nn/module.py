@@ -273,10 +273,13 @@ class Module:
         for name, p in self.named_parameters():
             if name not in arrays:
                 continue
-            if p.data.flags.writeable:      # in place, as the optimizers do; bumping the version makes a
-                np.copyto(p.data, arrays[name])   # graph recorded before the load refuse to backward
+            with p._unlocked():             # in place, as the optimizers do; bumping the version makes a
+                writable = p.data.flags.writeable     # graph recorded before the load refuse to backward
+                if writable:
+                    np.copyto(p.data, arrays[name])
+            if writable:
                 p._bump()
-            else:
+            else:                           # read-only of its own (not by a graph): a new array
                 p.data = np.array(arrays[name], dtype=p.dtype, copy=True)
 
     # -- printing

@@ -123,7 +123,8 @@ class Optimizer:
                 if p.grad is None:
                     continue
                 state = self.state.setdefault(id(p), {})
-                self._update(p, p.grad, group, state)
+                with p._unlocked():      # a graph may still hold p read-only: the bump tells it
+                    self._update(p, p.grad, group, state)
                 p._bump()
 
     def _update(self, p, grad, group, state):

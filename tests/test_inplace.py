@@ -1,0 +1,269 @@
+"""In-place changes: never a silently wrong gradient.
+
+An array a live graph may read (a leaf's, or an ndarray operand, and the views of it given to ops)
+is read-only until that graph's backward has run or the graph is freed, so a write through the
+array raises. The library's own in-place changes (optimizer steps, loads, the Tensor in-place
+operators) go through, as version changes a backward through an older graph refuses.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minigrad as mg
+from minigrad import nn
+
+WRITES = {
+    "x.data[...] = 10": lambda t: t.data.__setitem__(Ellipsis, 10.0),
+    "np.copyto(x.data, ...)": lambda t: np.copyto(t.data, 10.0),
+    "np.add(..., out=x.data)": lambda t: np.add(t.data, 1.0, out=t.data),
+    "x.numpy()[0] = 5": lambda t: t.numpy().__setitem__(0, 5.0),
+    "x.data -= 1": lambda t: t.data.__isub__(1.0),
+}
+
+
+@pytest.mark.parametrize("write", WRITES.values(), ids=list(WRITES))
+def test_a_write_through_the_array_of_a_saved_leaf_raises_and_the_gradient_stays_right(write):
+    x = mg.Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    y = (x * x).sum()
+    with pytest.raises(ValueError, match="read-only"):
+        write(x)
+    np.testing.assert_array_equal(x.data, [1.0, 2.0, 3.0])
+    y.backward()
+    np.testing.assert_array_equal(x.grad, [2.0, 4.0, 6.0])        # not [20, 20, 20]
+    write(x)                                                      # the freed graph needs it no more
+    assert not np.array_equal(x.data, [1.0, 2.0, 3.0])
+
+
+def test_the_users_own_array_and_ndarray_operands_are_held_too():
+    arr = np.array([1.0, 2.0])
+    x = mg.Tensor(arr, requires_grad=True)         # keeps arr's memory
+    c = np.array([3.0, 4.0])
+    y = (x * c).sum()                              # multiply saved c for x's gradient
+    with pytest.raises(ValueError, match="read-only"):
+        arr[0] = 7.0
+    with pytest.raises(ValueError, match="read-only"):
+        c[0] = 7.0
+    y.backward()
+    np.testing.assert_array_equal(x.grad, [3.0, 4.0])
+    arr[0], c[0] = 7.0, 7.0
+
+
+def test_views_of_a_leaf_and_the_array_they_view_are_held():
+    base = np.zeros((2, 3))
+    base[0] = [0.0, 1.0, 2.0]
+    x = mg.Tensor(base[0], requires_grad=True)     # a view of the user's array (which owns its memory)
+    w = mg.Tensor(np.ones((3, 2)), requires_grad=True)
+    xt = w.T                                       # a view the transpose op returned
+    y = (x @ w).sum() + (xt * 2.0).sum()
+    for write in (lambda: base.__setitem__(0, 0.0), lambda: x.data.__setitem__(0, 0.0),
+                  lambda: xt.data.__setitem__(0, 0.0)):
+        with pytest.raises(ValueError, match="read-only"):
+            write()
+    y.backward()
+    np.testing.assert_array_equal(w.grad, np.outer([0.0, 1.0, 2.0], [1.0, 1.0]) + 2.0)
+    base[0] = 0.0
+    x.data[1] = 5.0
+    assert base[0, 1] == 5.0
+
+
+def test_arrays_are_writable_again_when_the_graph_is_dropped_and_held_while_another_lives():
+    x = mg.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    first = (x * x).sum()
+    second = (x * 3.0).sum()
+    first.backward()
+    with pytest.raises(ValueError, match="read-only"):
+        x.data[0] = 5.0                            # the second graph still reads x
+    del second                                     # dropped without a backward
+    x.data[0] = 5.0
+    assert x.data[0] == 5.0
+
+
+def test_arrays_read_only_to_begin_with_stay_read_only():
+    arr = np.array([1.0, 2.0])
+    arr.flags.writeable = False
+    x = mg.Tensor(arr, requires_grad=True)
+    (x * x).sum().backward()
+    assert not arr.flags.writeable
+
+
+def test_retain_graph_keeps_them_read_only_and_a_step_then_makes_the_second_backward_raise():
+    w = nn.Parameter(np.array([1.0, 2.0]))
+    loss = (w * w).sum()
+    loss.backward(retain_graph=True)
+    with pytest.raises(ValueError, match="read-only"):
+        w.data[0] = 0.0
+    mg.optim.SGD([w], lr=0.1).step()               # the library's write goes through, as a version change
+    np.testing.assert_allclose(w.data, [0.8, 1.6])
+    with pytest.raises(RuntimeError, match="multiply.*modified in place"):
+        loss.backward()
+
+
+def test_an_optimizer_step_after_backward_while_the_loss_is_referenced():
+    mg.seed(0)
+    model = nn.Sequential(nn.Linear(3, 4, dtype=np.float64), nn.Tanh(), nn.Linear(4, 1, dtype=np.float64))
+    opt = mg.optim.Adam(model.parameters(), lr=0.01)
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    losses = []
+    for _ in range(3):
+        opt.zero_grad()
+        loss = (model(x) ** 2).mean()
+        loss.backward()
+        opt.step()                                 # loss (and its freed graph) still referenced
+        losses.append(loss)
+    assert losses[2].item() < losses[0].item()
+    for p in model.parameters():
+        p.data[...] = 0.0                          # nothing holds them any more
+
+
+@pytest.mark.parametrize("make", [
+    lambda: nn.Linear(3, 2, dtype=np.float64),
+    lambda: nn.LSTM(3, 2, unroll=True, dtype=np.float64),
+    lambda: nn.LSTM(3, 2, unroll=False, dtype=np.float64),
+    lambda: nn.GRU(3, 2, unroll=False, dtype=np.float64),
+], ids=["Linear", "LSTM unrolled", "LSTM looped", "GRU looped"])
+def test_parameter_and_input_writes_are_refused_until_backward(make):
+    x = np.random.default_rng(1).standard_normal((2, 4, 3) if not isinstance(make(), nn.Linear) else (2, 3))
+
+    def grads():
+        mg.seed(0)
+        layer = make()
+        loss = (layer(x) ** 2).sum()
+        return layer, loss
+
+    ref_layer, ref_loss = grads()
+    ref_loss.backward()
+    layer, loss = grads()
+    for p in layer.parameters():
+        with pytest.raises(ValueError, match="read-only"):
+            p.data[...] = 10.0
+        with pytest.raises(ValueError, match="read-only"):
+            np.copyto(p.numpy(), 10.0)
+    with pytest.raises(ValueError, match="read-only"):
+        x[...] = 10.0                              # the input array the layer read
+    loss.backward()
+    for (name, p), q in zip(layer.named_parameters(), ref_layer.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad, err_msg=name)
+        p.data[...] = 10.0
+    x[...] = 10.0
+
+
+# ---------------------------------------------------------------- in-place operators
+
+def test_in_place_operators_change_the_tensor_itself():
+    t = mg.Tensor(np.array([[1.0, 2.0], [3.0, 4.0]]))
+    before = t
+    t += 1.0
+    t -= np.array([1.0, 0.0])
+    t *= mg.Tensor(np.array([2.0, 2.0]))
+    t /= 4.0
+    t[0, 1] = -1.0
+    t[1] = mg.Tensor(np.array([7.0, 8.0]))
+    t[:, 0] += 1.0
+    assert t is before and t.is_leaf
+    np.testing.assert_array_equal(t.data, [[1.5, -1.0], [8.0, 8.0]])
+
+
+def test_in_place_on_a_leaf_that_requires_grad_only_under_no_grad():
+    w = nn.Parameter(np.array([1.0, 2.0]))
+    for change in (lambda: w.__iadd__(1.0), lambda: w.__isub__(1.0), lambda: w.__imul__(2.0),
+                   lambda: w.__itruediv__(2.0), lambda: w.__setitem__(0, 5.0)):
+        with pytest.raises(RuntimeError, match="leaf tensor that requires grad.*no_grad"):
+            change()
+    np.testing.assert_array_equal(w.data, [1.0, 2.0])
+    with mg.no_grad():
+        w += 1.0
+        w[0] = 0.5
+    np.testing.assert_array_equal(w.data, [0.5, 3.0])
+    assert w.is_leaf and w.requires_grad
+
+
+def test_in_place_changes_keep_shape_and_dtype():
+    t = mg.Tensor(np.zeros(3))
+    with pytest.raises(ValueError, match=r"\+=.*\(3,\)"):
+        t += np.ones((2, 3))
+    i = mg.Tensor(np.arange(3))
+    with pytest.raises(TypeError, match=r"\+=.*int64"):
+        i += 0.5
+    w = mg.Tensor(np.ones(3), requires_grad=True)
+    h = w * 1.0
+    with pytest.raises(ValueError, match=r"\*=.*\(2, 3\)"):
+        h *= mg.Tensor(np.ones((2, 3)), requires_grad=True)
+
+
+def test_a_version_change_of_a_value_a_recorded_op_needs_makes_backward_raise():
+    x = mg.Tensor(np.array([0.5, 1.0]), requires_grad=True)
+    y = x.exp()                                    # exp's vjp reads its output
+    y += 1.0
+    with pytest.raises(RuntimeError, match="exp.*modified in place"):
+        y.sum().backward()
+    c = mg.Tensor(np.array([2.0, 3.0]))
+    loss = (x * c).sum()
+    c[0] = 10.0                                    # a constant the multiply saved
+    with pytest.raises(RuntimeError, match="multiply.*modified in place"):
+        loss.backward()
+
+
+def _in_place_chain(x, w):
+    h = x * 2.0
+    h += w                                         # non-leaf: recorded, as in PyTorch
+    h *= x
+    h -= 1.0
+    h /= w
+    h[0] = (x[1] * w[1]).reshape(())
+    return (h ** 2).sum()
+
+
+def test_recorded_in_place_operators_give_pytorchs_gradients():
+    torch = pytest.importorskip("torch")
+    xv, wv = np.array([0.5, -1.5, 2.0]), np.array([1.5, 2.0, -0.5])
+    x, w = mg.Tensor(xv.copy(), requires_grad=True), mg.Tensor(wv.copy(), requires_grad=True)
+    _in_place_chain(x, w).backward()
+    tx = torch.tensor(xv, requires_grad=True)
+    tw = torch.tensor(wv, requires_grad=True)
+    _in_place_chain(tx, tw).backward()
+    np.testing.assert_allclose(x.grad, tx.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(w.grad, tw.grad.numpy(), rtol=1e-12)
+
+
+def test_recorded_in_place_operators_pass_gradcheck():
+    x = mg.Tensor(np.array([0.5, -1.5, 2.0]), requires_grad=True)
+    w = mg.Tensor(np.array([1.5, 2.0, -0.5]), requires_grad=True)
+    assert mg.gradcheck(_in_place_chain, [x, w])
+
+
+def test_in_place_in_a_scan_body_is_refused():
+    def body(c, x):
+        c = c * 1.0
+        c += x
+        return c, None
+    with pytest.raises(RuntimeError, match="scan: in-place"):
+        mg.scan(body, mg.Tensor(np.zeros(2)), mg.Tensor(np.ones((3, 2))))
+
+
+def test_manual_sgd_with_minus_equals_trains_to_the_same_weights_as_optim_sgd():
+    x = np.random.default_rng(0).standard_normal((16, 3))
+    y = np.sin(x.sum(1, keepdims=True))
+
+    def model():
+        mg.seed(0)
+        return nn.Sequential(nn.Linear(3, 8, dtype=np.float64), nn.Tanh(), nn.Linear(8, 1, dtype=np.float64))
+
+    manual, auto = model(), model()
+    opt = mg.optim.SGD(auto.parameters(), lr=0.1)
+    params = list(manual.parameters())
+    for _ in range(20):
+        for p in params:
+            p.grad = None
+        nn.functional.mse_loss(manual(x), y).backward()
+        with mg.no_grad():
+            for p in manual.parameters():
+                p -= 0.1 * p.grad                  # every PyTorch tutorial's manual SGD
+        opt.zero_grad()
+        nn.functional.mse_loss(auto(x), y).backward()
+        opt.step()
+    assert all(a is b for a, b in zip(params, manual.parameters()))
+    first = model()
+    for (name, p), q, p0 in zip(manual.named_parameters(), auto.parameters(), first.parameters()):
+        np.testing.assert_array_equal(p.data, q.data, err_msg=name)
+        assert not np.allclose(p.data, p0.data)     # it trained
