@@ -568,9 +568,9 @@ class Pooled(nn.Module):
 def test_summary_of_a_custom_module_with_a_none_axis():
     text = nn.summary(Pooled(), (None,))
     rows = [line.split() for line in text.splitlines()]
-    assert ["embedding", "(Embedding)", "(None,", "None,", "8)", "400"] in rows
-    assert ["linear", "(Linear)", "(None,", "None,", "3)", "27"] in rows
-    assert ["linear_1", "(Linear)", "unused", "6"] in rows
+    assert ["embed", "(Embedding)", "(None,", "None,", "8)", "400"] in rows     # the attribute names
+    assert ["proj", "(Linear)", "(None,", "None,", "3)", "27"] in rows
+    assert ["unused", "(Linear)", "unused", "6"] in rows
     assert ["pooled", "(Pooled)", "-", "1"] in rows          # the model's own parameter
     assert "Total params: 434" in text
     assert "Trainable params: 433" in text

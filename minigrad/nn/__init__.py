@@ -7,16 +7,31 @@ functions (functional.py) and modules (loss.py), ``clip_grad_norm_`` (utils.py),
 """
 from . import functional, init, utils
 from .callbacks import Callback, EarlyStopping, History, ModelCheckpoint
-from .layers import Dropout, Embedding, Linear, ReLU, Sequential, Sigmoid, Tanh
+from .layers import (
+    GELU,
+    Dropout,
+    Embedding,
+    Flatten,
+    Identity,
+    LayerNorm,
+    LeakyReLU,
+    Linear,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
 from .loss import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
-from .module import IncompatibleKeys, Module, ModuleList, Parameter, functional_call
+from .module import IncompatibleKeys, Module, ModuleDict, ModuleList, Parameter, functional_call
 from .recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell, gru_step, lstm_step, rnn_step
 from .summary import summary
 from .training import evaluate, fit, predict
 from .utils import clip_grad_norm_
 
-__all__ = ["Module", "Parameter", "ModuleList", "IncompatibleKeys", "functional_call", "Linear", "Embedding",
-           "Dropout", "ReLU", "Tanh", "Sigmoid", "Sequential", "MSELoss", "BCELoss", "BCEWithLogitsLoss",
+__all__ = ["Module", "Parameter", "ModuleList", "ModuleDict", "IncompatibleKeys", "functional_call", "Linear",
+           "Embedding", "LayerNorm", "Flatten", "Identity", "Dropout", "ReLU", "Tanh", "Sigmoid", "GELU", "LeakyReLU",
+           "Softmax", "Sequential", "MSELoss", "BCELoss", "BCEWithLogitsLoss",
            "CrossEntropyLoss", "LSTM", "GRU", "RNN", "LSTMCell", "GRUCell", "RNNCell", "lstm_step", "gru_step",
            "rnn_step", "summary", "fit", "evaluate", "predict", "History", "Callback", "EarlyStopping",
            "ModelCheckpoint", "clip_grad_norm_", "functional", "init", "utils"]

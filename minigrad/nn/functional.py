@@ -16,9 +16,45 @@ from ..random import get_rng
 from ..tensor import Tensor
 
 __all__ = ["mse_loss", "binary_cross_entropy", "binary_cross_entropy_with_logits", "cross_entropy",
-           "dropout", "relu", "tanh", "sigmoid", "softmax", "log_softmax", "logsumexp", "REDUCTIONS"]
+           "dropout", "relu", "tanh", "sigmoid", "gelu", "leaky_relu", "layer_norm", "softmax", "log_softmax",
+           "logsumexp", "REDUCTIONS"]
 
 relu, tanh, sigmoid = ops.relu, ops.tanh, ops.sigmoid
+
+_SQRT_HALF = 0.5 ** 0.5
+_SQRT_2_OVER_PI = (2 / np.pi) ** 0.5
+
+
+def gelu(x, approximate: str = "none") -> Tensor:
+    """``x * Phi(x)``, Phi the standard normal CDF: ``0.5 x (1 + erf(x / sqrt 2))`` (PyTorch's
+    default), or with ``approximate="tanh"`` ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    if approximate == "none":
+        return 0.5 * x * (1.0 + ops.erf(x * _SQRT_HALF))
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + ops.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)))
+    raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+def leaky_relu(x, negative_slope: float = 0.01) -> Tensor:
+    """``x`` where positive, ``negative_slope * x`` elsewhere (the gradient at 0 is the slope, as PyTorch's)."""
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    return ops.where(ops.compare(x, 0.0, op="gt"), x, x * negative_slope)
+
+
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
+    """Normalise over the trailing ``normalized_shape`` axes to mean 0 and (biased) variance 1,
+    ``(x - mean) / sqrt(var + eps)``, then scale by ``weight`` and shift by ``bias`` if given."""
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    shape = tuple(normalized_shape)
+    if x.ndim < len(shape) or x.shape[x.ndim - len(shape):] != shape:
+        raise ValueError(f"layer_norm: input shape {x.shape} does not end in normalized_shape {shape}")
+    axes = tuple(range(x.ndim - len(shape), x.ndim))
+    centred = x - x.mean(axes, keepdims=True)
+    y = centred / ((centred * centred).mean(axes, keepdims=True) + eps).sqrt()
+    if weight is not None:
+        y = y * weight
+    return y if bias is None else y + bias
 
 REDUCTIONS = ("mean", "sum", "none")
 

@@ -12,12 +12,14 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import ops
+from ..functional import one_of
 from ..tensor import Tensor, get_default_dtype
 from . import functional as F
 from . import init
 from .module import Module, Parameter
 
-__all__ = ["Linear", "Embedding", "Dropout", "ReLU", "Tanh", "Sigmoid", "Sequential"]
+__all__ = ["Linear", "Embedding", "LayerNorm", "Flatten", "Identity", "Dropout", "ReLU", "Tanh", "Sigmoid", "GELU",
+           "LeakyReLU", "Softmax", "Sequential"]
 
 
 def float_dtype(dtype, layer: str) -> np.dtype:
@@ -79,34 +81,113 @@ class Linear(Module):
 
 
 class Embedding(Module):
-    """A lookup table: integer indices of any shape ``S`` give vectors of shape ``S + (dim,)``.
+    """A lookup table: integer indices of any shape ``S`` give vectors of shape ``S + (embedding_dim,)``.
 
-    Built on integer-array indexing of ``weight`` (``num_embeddings, dim``), whose gradient
-    scatters with accumulation: an index that occurs k times in a batch gets k contributions.
-    Initialisation: ``uniform(-0.05, 0.05)`` (Keras's default).
+    Built on integer-array indexing of ``weight`` (``num_embeddings, embedding_dim``), whose
+    gradient scatters with accumulation: an index that occurs k times in a batch gets k
+    contributions. Initialisation: ``uniform(-0.05, 0.05)`` (Keras's default). With
+    ``padding_idx`` (PyTorch's meaning) that row starts at zero and gets no gradient: lookups
+    of it read its value as a constant.
     """
 
     input_dtype = np.int64   # what summary() feeds it
 
-    def __init__(self, num_embeddings: int, dim: int, dtype=None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, dtype=None):
         super().__init__()
         self.num_embeddings = _positive_int(num_embeddings, "num_embeddings", "Embedding")
-        self.dim = _positive_int(dim, "dim", "Embedding")
+        self.embedding_dim = _positive_int(embedding_dim, "embedding_dim", "Embedding")
         self.dtype = float_dtype(dtype, "Embedding")
-        self.weight = Parameter(init.uniform((self.num_embeddings, self.dim), -0.05, 0.05, dtype=self.dtype))
+        n = self.num_embeddings
+        if padding_idx is not None:
+            if isinstance(padding_idx, bool) or not isinstance(padding_idx, (int, np.integer)) \
+                    or not -n <= padding_idx < n:
+                raise ValueError(f"Embedding: padding_idx must be an integer in [-{n}, {n}), got {padding_idx!r}")
+            padding_idx = int(padding_idx) % n
+        self.padding_idx = padding_idx
+        weight = init.uniform((n, self.embedding_dim), -0.05, 0.05, dtype=self.dtype)
+        if padding_idx is not None:
+            weight[padding_idx] = 0
+        self.weight = Parameter(weight)
 
     def forward(self, indices):
         idx = indices.data if isinstance(indices, Tensor) else np.asarray(indices)
-        name = f"Embedding({self.num_embeddings}, {self.dim})"
+        name = f"Embedding({self.num_embeddings}, {self.embedding_dim})"
         if idx.dtype.kind not in "iu":
             raise TypeError(f"{name}: indices must be integers, got dtype {idx.dtype}")
         if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
             bad = idx.min() if idx.min() < 0 else idx.max()
             raise IndexError(f"{name}: index {bad} is out of range [0, {self.num_embeddings})")
-        return self.weight[idx]
+        rows = self.weight[idx]
+        if self.padding_idx is None or not np.any(idx == self.padding_idx):
+            return rows
+        keep = (idx != self.padding_idx)[..., None]
+        return ops.where(keep, rows, ops.stop_gradient(rows))
 
     def extra_repr(self):
-        return f"{self.num_embeddings}, {self.dim}"
+        pad = "" if self.padding_idx is None else f", padding_idx={self.padding_idx}"
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
+
+
+class LayerNorm(Module):
+    """Layer normalisation over the trailing ``normalized_shape`` axes (PyTorch's
+    ``nn.LayerNorm``): ``(x - mean) / sqrt(var + eps) * weight + bias`` with the biased variance.
+    ``weight`` (ones) and ``bias`` (zeros) have ``normalized_shape``, under PyTorch's names;
+    ``elementwise_affine=False`` leaves both out, ``bias=False`` only the bias."""
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True,
+                 dtype=None):
+        super().__init__()
+        shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
+        self.normalized_shape = tuple(_positive_int(n, "normalized_shape", "LayerNorm") for n in shape)
+        if not self.normalized_shape:
+            raise ValueError("LayerNorm: normalized_shape must name at least one axis, got ()")
+        if not eps > 0:
+            raise ValueError(f"LayerNorm: eps must be positive, got {eps!r}")
+        self.eps = float(eps)
+        self.dtype = float_dtype(dtype, "LayerNorm")
+        affine = bool(elementwise_affine)
+        self.weight = Parameter(init.ones(self.normalized_shape, self.dtype)) if affine else None
+        self.bias = Parameter(init.zeros(self.normalized_shape, self.dtype)) if affine and bias else None
+
+    def forward(self, x):
+        x = as_input(x, self.dtype, f"LayerNorm({self.normalized_shape})")
+        try:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        except ValueError as err:
+            raise ValueError(f"LayerNorm({self.normalized_shape}): {err}") from None
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.weight is not None}"
+
+
+class Flatten(Module):
+    """Axes ``start_dim`` to ``end_dim`` merged into one (PyTorch's defaults: all but the batch axis)."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+        super().__init__()
+        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+
+    def forward(self, x):
+        x = x if isinstance(x, Tensor) else Tensor(x)
+        nd, start, end = x.ndim, self.start_dim, self.end_dim
+        if not (-nd <= start < nd and -nd <= end < nd) or start % nd > end % nd:
+            raise ValueError(f"Flatten: start_dim={start} and end_dim={end} do not name a range of the axes "
+                             f"of shape {x.shape}")
+        start, end = start % nd, end % nd
+        return x.reshape(x.shape[:start] + (int(np.prod(x.shape[start:end + 1])),) + x.shape[end + 1:])
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Identity(Module):
+    """Returns its input unchanged (arguments are accepted and ignored, as PyTorch's)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        return x
 
 
 class Dropout(Module):
@@ -156,6 +237,56 @@ class Sigmoid(_Activation):
     fn = staticmethod(ops.sigmoid)
 
 
+class GELU(Module):
+    """``x * Phi(x)`` (see :func:`minigrad.nn.functional.gelu`): the exact erf form by default,
+    PyTorch's, or ``approximate="tanh"``."""
+
+    def __init__(self, approximate: str = "none", dtype=None):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):
+        return F.gelu(x, self.approximate)
+
+    def extra_repr(self):
+        return "" if self.approximate == "none" else f"approximate={self.approximate!r}"
+
+
+class LeakyReLU(Module):
+    """``x`` where positive, ``negative_slope * x`` elsewhere."""
+
+    def __init__(self, negative_slope: float = 0.01, dtype=None):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x):
+        return F.leaky_relu(x, self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class Softmax(Module):
+    """``softmax`` along ``dim`` (``axis`` is the same argument; -1 by default, as Keras's)."""
+
+    def __init__(self, dim: int | None = None, *, axis: int | None = None, dtype=None):
+        super().__init__()
+        self.dim = one_of("Softmax", axis, dim, ("axis", "dim"), -1)
+
+    def forward(self, x):
+        return F.softmax(x if isinstance(x, Tensor) else Tensor(x), dim=self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+def _describe(layer):
+    """``Type(config)`` on one line, e.g. ``LSTM(8, 16, dtype=float32, return_state=True)``."""
+    return f"{type(layer).__name__}({layer.extra_repr()})"
+
+
 class Sequential(Module):
     """Layers applied in order: ``Sequential(Linear(2, 8), ReLU(), Linear(8, 1))``. Children are
     named ``'0'``, ``'1'``, ... (or by the keys of a single OrderedDict argument). Supports
@@ -182,8 +313,15 @@ class Sequential(Module):
         return self
 
     def forward(self, x):
-        for layer in self:
+        layers = list(self._modules.items())
+        for i, (name, layer) in enumerate(layers):
             x = layer(x)
+            if isinstance(x, (tuple, list)) and i + 1 < len(layers):
+                raise TypeError(
+                    f"Sequential: layer {name}, {_describe(layer)}, returned a {type(x).__name__} of {len(x)} "
+                    f"values, but the next layer, {_describe(layers[i + 1][1])}, takes one tensor. A layer with "
+                    f"several outputs (e.g. return_state=True) can only be last in a Sequential; otherwise write "
+                    f"a Module whose forward picks the output it needs")
         return x
 
     def __getitem__(self, i):

@@ -15,7 +15,7 @@ from ..io import CheckpointError, _Archive, _Header
 from ..tensor import Tensor, _as_array
 from .utils import zero_grads
 
-__all__ = ["Parameter", "Module", "ModuleList", "IncompatibleKeys", "functional_call"]
+__all__ = ["Parameter", "Module", "ModuleList", "ModuleDict", "IncompatibleKeys", "functional_call"]
 
 
 class Parameter(Tensor):
@@ -74,6 +74,8 @@ class Module:
     def __init__(self):
         object.__setattr__(self, "_parameters", {})
         object.__setattr__(self, "_modules", {})
+        object.__setattr__(self, "_buffers", {})
+        object.__setattr__(self, "_non_persistent", set())
         object.__setattr__(self, "_forward_hooks", {})
         object.__setattr__(self, "training", True)
 
@@ -90,6 +92,7 @@ class Module:
             self.__dict__.pop(name, None)
             params.pop(name, None)
             modules.pop(name, None)
+            self.__dict__.get("_buffers", {}).pop(name, None)
             (params if isinstance(value, Parameter) else modules)[name] = value
         elif params is not None and name in params:
             if value is not None:
@@ -101,6 +104,8 @@ class Module:
                 raise TypeError(f"{type(self).__name__}: cannot assign a {type(value).__name__} to sub-module "
                                 f"'{name}'; assign a Module (or None)")
             modules[name] = None
+        elif name in self.__dict__.get("_buffers", ()):
+            self._buffers[name] = _as_buffer(value, type(self).__name__, name)
         else:
             object.__setattr__(self, name, value)
 
@@ -110,6 +115,8 @@ class Module:
             return d["_parameters"][name]
         if name in d.get("_modules", ()):
             return d["_modules"][name]
+        if name in d.get("_buffers", ()):
+            return d["_buffers"][name]
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def __delattr__(self, name):
@@ -117,11 +124,40 @@ class Module:
             del self._parameters[name]
         elif name in self._modules:
             del self._modules[name]
+        elif name in self._buffers:
+            del self._buffers[name]
+            self._non_persistent.discard(name)
         else:
             object.__delattr__(self, name)
 
     def __dir__(self):
-        return sorted(set(super().__dir__()) | set(self._parameters) | set(self._modules))
+        return sorted(set(super().__dir__()) | set(self._parameters) | set(self._modules) | set(self._buffers))
+
+    def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:
+        """Register ``tensor`` (a Tensor, an array, or None) as a buffer: state that is not a
+        parameter (no gradient, not optimised), read as ``self.name``, e.g. running statistics.
+        A persistent buffer goes into ``state_dict()`` and is loaded by ``load_state_dict``;
+        assigning ``self.name = value`` later replaces it (and keeps it a buffer)."""
+        where = f"{type(self).__name__}.register_buffer"
+        if "_buffers" not in self.__dict__:
+            raise AttributeError(f"{where}: call super().__init__() before registering buffers")
+        if not isinstance(name, str) or not name or "." in name:
+            raise KeyError(f"{where}: the name must be a non-empty string without '.', got {name!r}")
+        if name not in self._buffers and (hasattr(self, name) or name in self._parameters or name in self._modules):
+            raise KeyError(f"{where}: '{name}' is already an attribute, parameter or sub-module")
+        self._buffers[name] = _as_buffer(tensor, type(self).__name__, name)
+        (self._non_persistent.discard if persistent else self._non_persistent.add)(name)
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True):
+        """``(dotted_name, Tensor)`` for every buffer (None ones skipped), as ``named_parameters``."""
+        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mod_name, m in mods:
+            for name, b in m._buffers.items():
+                if b is not None:
+                    yield (f"{mod_name}.{name}" if mod_name else name), b
+
+    def buffers(self, recurse: bool = True):
+        return [b for _, b in self.named_buffers(recurse=recurse)]
 
     # -- calling
     def forward(self, *args, **kwargs):
@@ -212,9 +248,18 @@ class Module:
 
     # -- state
     def state_dict(self) -> dict:
-        """``{dotted_name: ndarray}``: a copy of every parameter's values (later updates do not
-        change it)."""
-        return {name: np.array(p.data, copy=True) for name, p in self.named_parameters()}
+        """``{dotted_name: ndarray}``: a copy of every parameter's and persistent buffer's values
+        (later updates do not change it)."""
+        return {name: np.array(t.data, copy=True) for name, t in self._state_tensors().items()}
+
+    def _state_tensors(self) -> dict:
+        """What the state dict holds: the parameters, then the persistent buffers, by dotted name."""
+        own = dict(self.named_parameters())
+        for mod_name, m in self.named_modules():
+            for name, b in m._buffers.items():
+                if b is not None and name not in m._non_persistent:
+                    own[f"{mod_name}.{name}" if mod_name else name] = b
+        return own
 
     def load_state_dict(self, state, strict: bool = True, max_bytes: int | None = None) -> IncompatibleKeys:
         """Copy ``state`` (name -> ndarray or Tensor, or the path of a checkpoint) into the parameters.
@@ -230,7 +275,7 @@ class Module:
             with _Archive(state, max_bytes) as archive:
                 arrays = archive.headers           # shapes and dtypes only: checked before reading
                 result = self._check_state(arrays, strict)
-                self._copy_in(archive.read([n for n in arrays if n in dict(self.named_parameters())]))
+                self._copy_in(archive.read([n for n in arrays if n in self._state_tensors()]))
             return result
         result = self._check_state(state, strict)
         self._copy_in({k: v.data if isinstance(v, Tensor) else np.asarray(v) for k, v in state.items()})
@@ -242,7 +287,7 @@ class Module:
         if not hasattr(state, "items"):
             raise TypeError(f"{type(self).__name__}.load_state_dict: expected a dict of name -> array, "
                             f"got {type(state).__name__}")
-        own = dict(self.named_parameters())
+        own = self._state_tensors()
         arrays, problems = {}, []
         for name, value in state.items():
             if not isinstance(name, str):
@@ -270,7 +315,7 @@ class Module:
         return IncompatibleKeys(missing, unexpected)
 
     def _copy_in(self, arrays):
-        for name, p in self.named_parameters():
+        for name, p in self._state_tensors().items():
             if name not in arrays:
                 continue
             with p._unlocked():             # in place, as the optimizers do; bumping the version makes a
@@ -294,6 +339,14 @@ class Module:
             return f"{type(self).__name__}({extra})"
         lines = (extra.split("\n") if extra else []) + children
         return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+
+def _as_buffer(value, owner, name):
+    if value is None or isinstance(value, Tensor) and not isinstance(value, Parameter):
+        return value
+    if isinstance(value, np.ndarray):
+        return Tensor(value)
+    raise TypeError(f"{owner}: buffer '{name}' must be a Tensor, an ndarray or None, got {type(value).__name__}")
 
 
 class ModuleList(Module):
@@ -363,3 +416,59 @@ def functional_call(module: Module, tensors: dict, *args, **kwargs):
     finally:
         for owner, leaf, p in reversed(swapped):
             owner._parameters[leaf] = p
+
+
+class ModuleDict(Module):
+    """Modules under string keys, registered as children (PyTorch's ``nn.ModuleDict``), in
+    insertion order: ``d[key]``, ``d[key] = module``, ``del d[key]``, ``key in d``, ``len``,
+    iteration over the keys, ``keys() values() items() update()``. Parameters are named
+    ``key.weight`` and so on."""
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self.update(modules)
+
+    def _check(self, key, module):
+        if not isinstance(key, str) or not key or "." in key:
+            raise KeyError(f"ModuleDict: keys must be non-empty strings without '.', got {key!r}")
+        if not isinstance(module, Module):
+            raise TypeError(f"ModuleDict: '{key}' must be a Module, got {type(module).__name__}")
+
+    def __getitem__(self, key):
+        if key not in self._modules:
+            raise KeyError(f"ModuleDict: no module '{key}' (keys: {list(self._modules)})")
+        return self._modules[key]
+
+    def __setitem__(self, key, module):
+        self._check(key, module)
+        self._modules[key] = module
+
+    def __delitem__(self, key):
+        self[key]                    # noqa: B018  (the KeyError with the keys listed)
+        del self._modules[key]
+
+    def __contains__(self, key):
+        return key in self._modules
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules)
+
+    def keys(self):
+        return self._modules.keys()
+
+    def values(self):
+        return self._modules.values()
+
+    def items(self):
+        return self._modules.items()
+
+    def update(self, modules) -> None:
+        """Add (or replace) the modules of a dict or of ``(key, module)`` pairs; all are checked first."""
+        pairs = list(modules.items() if hasattr(modules, "items") else modules)
+        for key, module in pairs:
+            self._check(key, module)
+        self._modules.update(pairs)

@@ -94,17 +94,20 @@ def summary(model: Module, input_shape, dtype=None) -> str:
     Returns
     -------
     str
-        Rows ``name (Type)``, ``Output Shape`` (``None`` for the batch axis and every axis that
-        follows an unknown input axis), ``Param #``; then ``Total params``, ``Trainable params``
-        (parameters with ``requires_grad``) and ``Non-trainable params``, with thousands
-        separators. A layer the forward never called shows ``unused``; one called several times
-        with different output shapes shows ``multiple``.
+        Rows ``name (Type)`` (the attribute name the model gave the layer, or for a Sequential's
+        numbered layers Keras's names: ``lstm``, ``dropout``, ``lstm_1``...), ``Output Shape``
+        (``None`` for the batch axis and every axis that follows an unknown input axis),
+        ``Param #``; then ``Total params``, ``Trainable params`` (parameters with
+        ``requires_grad``) and ``Non-trainable params``, with thousands separators. A layer the
+        forward never called shows ``unused``; one called several times with different output
+        shapes shows ``multiple``.
     """
     if not isinstance(model, Module):
         raise TypeError(f"summary: expected a Module, got {type(model).__name__}")
     shape = _check_input_shape(input_shape)
     dtype = _input_dtype(model, dtype)
 
+    attrs = {id(m): name for name, m in model.named_children()}
     rows = list(model.children()) or [model]
     seen_params = {id(p) for m in rows if m is not model for p in m.parameters()}
     own = [p for p in model.parameters() if id(p) not in seen_params]
@@ -140,10 +143,12 @@ def summary(model: Module, input_shape, dtype=None) -> str:
     counts = {}
     for m in rows:
         kind = type(m).__name__
-        base = _snake(kind)
-        k = counts.get(base, 0)
-        counts[base] = k + 1
-        name = base if k == 0 else f"{base}_{k}"
+        name = attrs.get(id(m), "")      # the attribute name the model gave the layer, if it gave one
+        if not name or name.isdigit():   # Sequential's '0', '1', ...: Keras's names, lstm, lstm_1, ...
+            base = _snake(kind)
+            k = counts.get(base, 0)
+            counts[base] = k + 1
+            name = base if k == 0 else f"{base}_{k}"
         a, b = runs[0][id(m)], runs[1][id(m)]
         if m is model and own and len(rows) > 1:
             out_shape = "-"
