@@ -497,7 +497,7 @@ def markdown(doc):
     if skipped:
         lines += ["", "Skipped: " + "; ".join(skipped) + "."]
     if doc.get("targets"):
-        lines += ["", "Targets (issue 5; float32):"]
+        lines += ["", "Performance targets (float32; see benchmarks/README.md):"]
         lines += [f"- {t['status']}: {t['target']}: {t['measured']}" for t in doc["targets"]]
     return "\n".join(lines)
 
@@ -528,7 +528,7 @@ def _find(rows, impl, size, dtype, T):
 
 
 def targets(rows):
-    """The issue's targets, where this run measured what they need."""
+    """The project's performance targets (benchmarks/README.md), where this run measured what they need."""
     out = []
 
     def add(target, ok, measured):
@@ -736,7 +736,7 @@ def setup_config(workers, names, cfg, args, doc):
     """Build and check every implementation for one configuration; measure its memory."""
     size, dtype, T = cfg
     B, I, H = IM.SIZES[size]
-    state_mb = T * B * 6 * H * np.dtype(dtype).itemsize / 2 ** 20     # what BPTT must keep, per the issue
+    state_mb = T * B * 6 * H * np.dtype(dtype).itemsize / 2 ** 20     # what BPTT must keep
     rows = []
     for n in names:
         row = {"impl": n, "size": size, "batch": B, "input": I, "hidden": H, "dtype": dtype, "T": T,

@@ -3,6 +3,7 @@
     python -m minigrad                 # the same as: python -m minigrad demo
     python -m minigrad demo --steps 5 --seed 1
     python -m minigrad graph lstm.svg  # the unrolled 3-step LSTM's graph (needs Graphviz; .dot does not)
+    python -m minigrad --version
 
 The demo asks: in an LSTM run over T timesteps, do steps 1, 2, 3 use the same weights U and W,
 and are they updated together? It answers by running one, in four parts:
@@ -18,6 +19,7 @@ Every claim it prints is checked; the exit status is 1 if any check fails.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -312,10 +314,35 @@ def run_graph(path: str, steps: int = 3, seed: int = 0, looped: bool = False, ou
     return 0
 
 
+_GRAPH_FORMATS = ("svg", "png", "pdf", "dot", "gv")
+
+
+def _steps(text: str) -> int:
+    """--steps: a whole number of timesteps, at least 1 (argparse reports anything else)."""
+    try:
+        steps = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if steps < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {steps}")
+    return steps
+
+
+def _graph_path(text: str) -> str:
+    """graph's output path, whose extension picks the format."""
+    ext = os.path.splitext(text)[1].lstrip(".").lower()
+    if ext not in _GRAPH_FORMATS:
+        known = ", ".join("." + f for f in _GRAPH_FORMATS)
+        raise argparse.ArgumentTypeError(f"{text!r}: the extension must be one of {known}, got "
+                                         f"{'.' + ext if ext else 'none'}")
+    return text
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m minigrad",
         description="minigrad's command line. With no command, runs the demo.")
+    parser.add_argument("--version", action="version", version=f"minigrad {mg.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     demo = sub.add_parser("demo", help="show that an LSTM's timesteps share U and W, and check it (the default)",
                           description="Show that an LSTM's timesteps share U and W and are updated together; "
@@ -323,18 +350,17 @@ def main(argv=None) -> int:
                                       "1 if any check fails.")
     graph = sub.add_parser("graph", help="write the demo LSTM's graph as a picture (.svg, .png: Graphviz) or .dot",
                            description="Write the graph behind the demo LSTM's loss with mg.draw.")
-    graph.add_argument("path", help="output file; its extension picks the format (.svg, .png, .pdf, .dot)")
+    graph.add_argument("path", type=_graph_path,
+                       help="output file; its extension picks the format (.svg, .png, .pdf: Graphviz; .dot, .gv)")
     graph.add_argument("--looped", action="store_true", help="the looped graph (one scan node) instead")
     for p in (demo, graph):
-        p.add_argument("--steps", type=int, default=3, help="number of timesteps (default 3)")
+        p.add_argument("--steps", type=_steps, default=3, help="number of timesteps, at least 1 (default 3)")
         p.add_argument("--seed", type=int, default=0, help="random seed of the weights and data (default 0)")
     args = parser.parse_args(argv)
     if args.command == "graph":
         return run_graph(args.path, args.steps, args.seed, args.looped)
     if args.command is None:
         args.steps, args.seed = 3, 0
-    if args.steps < 1:
-        parser.error("--steps must be at least 1")
     return run_demo(args.steps, args.seed)
 
 

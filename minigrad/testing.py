@@ -112,7 +112,9 @@ def arrays(shape: Any = None, dtype: Any = np.float64, elements: Any = None, *, 
     elements : strategy, ``(low, high)`` pair, or None
         The values. A pair gives finite floats in ``[low, high]`` exactly representable in the
         drawn dtype; None means ``(-3, 3)``. Keep values inside your op's domain (``(0.1, 5)``
-        for log) and away from kinks (see the tie-free strategies in ``tests/test_ops.py``).
+        for log) and away from kinks: e.g. ``floats(-2, 2).filter(lambda v: abs(v) > 0.05)`` for
+        abs or relu, or for max and min tie-free values on a grid exact in float32,
+        ``st.integers(-400, 400).map(lambda k: k / 8)`` with ``unique=True``.
     unique : bool
         All elements distinct (e.g. tie-free inputs for max).
     min_dims, max_dims, min_side, max_side : int

@@ -144,3 +144,13 @@ def test_quick_mode_runs_end_to_end(tmp_path):
         if torch_row["status"] == "ok":
             assert torch_row["ratio_torch_fused"] == 1.0
     assert rows["minigrad looped", 3]["graph_nodes"] < rows["minigrad unrolled", 3]["graph_nodes"]
+
+
+def test_the_report_speaks_of_targets_not_issue_numbers():
+    from benchmarks import run
+    target = {"status": "meets", "target": "minigrad looped <= 1.0x floor at tiny, T=50", "measured": "x0.90"}
+    doc = {"machine": {}, "settings": {"rounds": 1}, "results": [], "targets": [target]}
+    text = run.markdown(doc)
+    assert "Performance targets (float32; see benchmarks/README.md):" in text
+    assert "- meets: minigrad looped <= 1.0x floor at tiny, T=50: x0.90" in text
+    assert "issue" not in text.lower()

@@ -80,6 +80,27 @@ def test_graph_command_writes_dot(tmp_path):
     assert "scan (loop over 3 steps)" in (tmp_path / "looped.dot").read_text()
 
 
+def test_version():
+    r = run_module("--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"minigrad {mg.__version__}"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["graph", "g.dot", "--steps", "0"], "argument --steps: must be at least 1, got 0"),
+    (["demo", "--steps", "-2"], "argument --steps: must be at least 1, got -2"),
+    (["demo", "--steps", "two"], "argument --steps: must be a whole number, got 'two'"),
+    (["graph", "g.foo"], "argument path: 'g.foo': the extension must be one of .svg, .png, .pdf, .dot, .gv, got .foo"),
+    (["graph", "graph"], "argument path: 'graph': the extension must be one of .svg, .png, .pdf, .dot, .gv, got none"),
+])
+def test_bad_arguments_are_argparse_errors_not_tracebacks(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(tmp_path / a) if a.startswith("g.") else a for a in args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message.replace("'g.foo'", repr(str(tmp_path / "g.foo"))) in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())                     # nothing was written
+
+
 # ---------------------------------------------------------------- what the demo relies on
 
 @pytest.mark.parametrize("unroll", [True, False], ids=["unrolled", "looped"])

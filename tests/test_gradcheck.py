@@ -195,3 +195,16 @@ def test_valid_axes_are_valid_for_numpy(case):
 def test_importing_minigrad_does_not_import_hypothesis():
     code = "import sys, minigrad; assert 'hypothesis' not in sys.modules, 'hypothesis was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_package_points_only_to_files_an_install_has():
+    """A pip install holds the minigrad package, not tests/, examples/ or benchmarks/: no docstring
+    or message may send a reader there."""
+    from pathlib import Path
+
+    import minigrad
+    root = Path(minigrad.__file__).parent
+    pointers = re.compile(r"\b(tests|examples|benchmarks)/[\w./]+")
+    found = {f"{path.relative_to(root)}: {m.group(0)}" for path in root.rglob("*.py")
+             for m in pointers.finditer(path.read_text())}
+    assert not found
