@@ -340,6 +340,7 @@ OPS = [
        draw=PERMUTATION()),
     Op("clone", lambda x: x.clone(), np.copy),
     Op("to_own_dtype", lambda x: x.to(x.dtype), lambda x: x),
+    Op("double_and_back", lambda x: x.double().to(x.dtype), lambda x: x),   # float32 -> float64 -> float32: exact
     # indexing
     Op("getitem_basic", lambda x, index: x[index], lambda x, index: x[index], draw=BASIC_INDEX()),
     Op("getitem_int_arrays", lambda x, index: x[index], lambda x, index: x[index], draw=INT_ARRAY_INDEX()),
