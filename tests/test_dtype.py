@@ -25,6 +25,8 @@ FOLLOW = {
     "init.zeros": lambda: nn.init.zeros((2,)),
     "Linear": lambda: nn.Linear(2, 3),
     "Embedding": lambda: nn.Embedding(5, 2),
+    "Embedding(padding_idx)": lambda: nn.Embedding(5, 2, padding_idx=0),
+    "LayerNorm": lambda: nn.LayerNorm((2, 3)),
     "LSTM": lambda: nn.LSTM(2, 3),
     "GRU": lambda: nn.GRU(2, 3, unroll=True),
     "RNN": lambda: nn.RNN(2, 3),
@@ -99,6 +101,7 @@ LAYERS = {
     "LSTM": (lambda dt: nn.LSTM(3, 2, dtype=dt), (4, 5, 3)),
     "GRU unrolled": (lambda dt: nn.GRU(3, 2, unroll=True, dtype=dt), (4, 5, 3)),
     "RNNCell": (lambda dt: nn.RNNCell(3, 2, dtype=dt), (4, 3)),
+    "LayerNorm": (lambda dt: nn.LayerNorm(3, dtype=dt), (4, 3)),
 }
 
 
@@ -124,3 +127,17 @@ def test_a_mismatched_input_is_cast_whether_or_not_it_requires_grad(name, layer_
 def test_a_non_numeric_input_is_a_clear_error():
     with pytest.raises(TypeError, match=r"Linear\(3, 2\): input must be numeric, got dtype <U1"):
         nn.Linear(3, 2)(np.array([["a", "b", "c"]]))
+
+
+@pytest.mark.parametrize("default", [np.float32, np.float64])
+def test_summary_feeds_a_parameter_free_model_the_default_dtype(default):
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.append(x.dtype)
+            return x
+
+    mg.set_default_dtype(default)
+    nn.summary(Probe(), (3,))
+    assert set(seen) == {np.dtype(default)}

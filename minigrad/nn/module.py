@@ -2,7 +2,8 @@
 
 A module registers what is assigned to its attributes: a ``Parameter`` becomes one of its
 parameters, a ``Module`` (or a list/tuple of modules, wrapped in a ``ModuleList``) one of its
-children. Everything else (``parameters()``, ``state_dict()``, ``train()``...) walks that tree.
+children; ``register_buffer`` adds state that is not a parameter (saved, not optimised). Everything
+else (``parameters()``, ``state_dict()``, ``train()``...) walks that tree.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import re
 import numpy as np
 
 from ..engine import no_grad
-from ..tensor import Tensor
+from ..tensor import Tensor, get_default_dtype
 from .module import Module
 
 __all__ = ["summary"]
@@ -72,7 +72,7 @@ def _input_dtype(model, dtype):
     if getattr(first_leaf, "input_dtype", None) is not None:
         return np.dtype(first_leaf.input_dtype)
     params = model.parameters()
-    return params[0].dtype if params else np.dtype(np.float32)
+    return params[0].dtype if params else get_default_dtype()
 
 
 def summary(model: Module, input_shape, dtype=None) -> str:
@@ -89,7 +89,7 @@ def summary(model: Module, input_shape, dtype=None) -> str:
         sequence length).
     dtype : numpy dtype, optional
         The dummy input's dtype. By default the first layer's ``input_dtype`` if it declares
-        one (``Embedding``: int64), else the dtype of the model's first parameter, else float32.
+        one (``Embedding``: int64), else the dtype of the model's first parameter, else the default dtype.
 
     Returns
     -------
