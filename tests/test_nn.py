@@ -468,8 +468,17 @@ def test_loss_errors_are_clear():
         F.cross_entropy(np.zeros((2, 3)), np.zeros((2, 3), int))
     with pytest.raises(ValueError, match=r"class indices in \[0, 3\)"):
         F.cross_entropy(np.zeros((2, 3)), np.array([0, 3]))
-    with pytest.raises(TypeError, match="target requires grad and has dtype float32"):
-        F.mse_loss(mg.Tensor(np.zeros(2)), mg.Tensor(np.zeros(2, np.float32), requires_grad=True))
+
+
+def test_a_target_of_another_dtype_is_cast_whether_or_not_it_requires_grad():
+    x = mg.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    for requires_grad in (False, True):
+        y = mg.Tensor(np.array([0.5, 3.0], np.float32), requires_grad=requires_grad)
+        loss = F.mse_loss(x, y, reduction="sum")
+        assert loss.dtype == np.float64 and loss.item() == 0.25 + 1.0
+    loss.backward()
+    assert y.grad.dtype == np.float32
+    np.testing.assert_array_equal(y.grad, [-1.0, 2.0])        # d/dy (x - y)^2 = -2 (x - y)
 
 
 def test_float32_losses_stay_float32():

@@ -3,8 +3,8 @@
 Every loss takes ``reduction``: ``'mean'`` (the default: the mean over all elements), ``'sum'``,
 or ``'none'`` (the per-element losses, in the input's shape). Targets must have the input's
 shape exactly (no broadcasting: a ``(n, 1)`` prediction against an ``(n,)`` target is almost
-always a bug). A target that does not require grad is converted to the input's dtype; one
-that does must already have it.
+always a bug). A target of another dtype is cast to the input's, whether or not it requires
+grad (the cast is recorded, so its gradient comes back in its own dtype), as the layers do.
 """
 from __future__ import annotations
 
@@ -84,16 +84,13 @@ def _float_input(x, where):
 
 
 def _float_target(target, input, where):
-    """The target as a Tensor of the input's shape and (unless it needs grad) dtype."""
-    if isinstance(target, Tensor) and target.requires_grad:
-        if target.dtype != input.dtype:
-            raise TypeError(f"{where}: target requires grad and has dtype {target.dtype}, but the input is "
-                            f"{input.dtype}; convert one of them")
-    else:
-        arr = np.asarray(target.data if isinstance(target, Tensor) else target)
-        if arr.dtype.kind not in "biuf":
-            raise TypeError(f"{where}: target must be numeric, got dtype {arr.dtype}")
-        target = Tensor(arr.astype(input.dtype, copy=False))
+    """The target as a Tensor of the input's shape and dtype (cast by a recorded op if needed)."""
+    if not isinstance(target, Tensor):
+        target = Tensor(np.asarray(target))
+    if target.dtype.kind not in "biuf":
+        raise TypeError(f"{where}: target must be numeric, got dtype {target.dtype}")
+    if target.dtype != input.dtype:
+        target = ops.astype(target, dtype=input.dtype)
     if target.shape != input.shape:
         raise ValueError(f"{where}: input shape {input.shape} and target shape {target.shape} differ "
                          f"(losses do not broadcast; reshape one of them)")
