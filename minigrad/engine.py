@@ -227,23 +227,34 @@ class _Pin:
     it: every such node holds the pin, and when the last of them is freed (by backward, or by
     garbage collection) the arrays become writable again. So a write through the array itself
     (``x.data[...] = v``, ``np.copyto``, ``out=``) raises instead of changing what a vjp reads;
-    the library's own in-place changes lift it for the write (``writable``) and bump the version."""
+    the library's own in-place changes lift it for the write (``writable``) and bump the version.
+    It refers to the arrays weakly: a pin keeps nothing alive that no vjp keeps."""
 
-    __slots__ = ("owner", "views", "__weakref__")
+    __slots__ = ("key", "owner", "views", "__weakref__")
 
     def __init__(self, owner):
-        self.owner, self.views = owner, []
+        self.key, self.owner, self.views = id(owner), weakref.ref(owner), []
         owner.flags.writeable = False
-        _pinned[id(owner)] = weakref.ref(self)
+        _pinned[self.key] = weakref.ref(self)
 
     def __del__(self):
         try:
-            _pinned.pop(id(self.owner), None)
-            self.owner.flags.writeable = True
-            for v in self.views:
-                v.flags.writeable = True
+            ref = _pinned.get(self.key)
+            if ref is not None and ref() is self:
+                del _pinned[self.key]
+            for a in (self.owner, *self.views):
+                a = a()
+                if a is not None:
+                    a.flags.writeable = True
         except Exception:        # interpreter shutdown, or a view numpy will not make writable again
             pass
+
+
+def _pin_of(owner):
+    """The live pin of ``owner``, or None (ids are unique only among live arrays: check it is ours)."""
+    ref = _pinned.get(id(owner))
+    pin = None if ref is None else ref()
+    return pin if pin is not None and pin.owner() is owner else None
 
 
 def _owner(arr):
@@ -256,15 +267,14 @@ def _pin(arr):
     nothing to pin (the array was read-only to begin with)."""
     base = arr.base
     owner = arr if base is None or not isinstance(base, np.ndarray) else base
-    ref = _pinned.get(id(owner))
-    pin = None if ref is None else ref()
+    pin = _pin_of(owner)
     if pin is None:
         if not owner.flags.writeable:
             return None
         pin = _Pin(owner)
     if arr is not owner and arr.flags.writeable:
         arr.flags.writeable = False
-        pin.views.append(arr)
+        pin.views.append(weakref.ref(arr))
     return pin
 
 
@@ -285,13 +295,28 @@ def _pin_leaves(args):
     return tuple(pins) if pins else None
 
 
+def _pin_result(t):
+    """Pin the array of an op's result that the user reaches (``.data``, ``.numpy()``): its own
+    op's vjp may read it (exp, tanh, sigmoid keep their output), and so may a later op's. The pin
+    goes with its op's node, which lives as long as any graph built on the result."""
+    node = t._node
+    if node._vjp is _freed or _state.trace is not None:
+        return
+    pin = _pin(t._data)
+    if pin is not None:
+        pins = node._pins
+        if pins is None:
+            node._pins = (pin,)
+        elif pin not in pins:
+            node._pins = pins + (pin,)
+
+
 @contextlib.contextmanager
 def writable(arr):
     """Lift the pins on ``arr`` for an in-place change the library tracks (an optimizer step, a
     load, an in-place operator): the caller bumps the version, which backward checks."""
     owner = _owner(arr)
-    ref = _pinned.get(id(owner))
-    pin = None if ref is None else ref()
+    pin = _pin_of(owner)
     lifted = []
     if pin is not None:
         for a in (owner, arr) if arr is not owner else (owner,):

@@ -153,6 +153,8 @@ class Tensor:
         under ``mg.no_grad()``, which backward sees as a version change."""
         if _state.trace is not None:
             _check_not_traced(self, ".data")
+        if self._node is not None:
+            _pin_result(self)
         return self._data
 
     @data.setter
@@ -271,7 +273,10 @@ class Tensor:
         return self._data.size
 
     def numpy(self) -> np.ndarray:
+        """The ndarray itself (no copy); read-only while a graph may read it, as ``data``."""
         _check_not_traced(self, "numpy()")
+        if self._node is not None:
+            _pin_result(self)
         return self._data
 
     def item(self):
@@ -516,3 +521,4 @@ def _raw_index(index):
 
 
 from . import functional, ops  # noqa: E402  (the ops are built on Tensor, so they import after it)
+from .engine import _pin_result  # noqa: E402

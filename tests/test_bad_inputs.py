@@ -101,6 +101,12 @@ def write_while_recorded(write):
     write(x)
 
 
+def write_parameter(layer):
+    x = np.ones((2, 4, 3) if isinstance(layer, nn.LSTM) else (2, 3), np.float32)
+    out = layer(x).sum()    # noqa: F841  (the graph must be alive during the write)
+    next(iter(layer.parameters())).data[...] = 1.0
+
+
 def gradient_after_refused_write():
     x = mg.Tensor(f64(1, 2, 3), requires_grad=True)
     y = (x * x).sum()
@@ -143,6 +149,11 @@ def checkpoint(kind):
     elif kind == "member":
         with zipfile.ZipFile(path, "w") as zf:
             zf.writestr("w.txt", b"1 2 3")
+    elif kind == "bomb":                          # 256 MiB of zeros, deflated to a fraction of 1 MB
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf, zf.open("w.npy", "w") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (1 << 25,)})
+            for _ in range(256):
+                f.write(bytes(1 << 20))
     elif kind == "pickle":
         with open(path, "wb") as f:
             pickle.dump({"w": np.zeros(2)}, f)
@@ -270,6 +281,16 @@ ROWS = [
         Raises(ValueError, ("read-only",))),
     Row("np.copyto(x.data, ...) while a graph reads x", lambda: write_while_recorded(lambda x: np.copyto(x.data, 1)),
         Raises(ValueError, ("read-only",))),
+    Row("np.add(..., out=x.data) while a graph reads x",
+        lambda: write_while_recorded(lambda x: np.add(x.data, 1, out=x.data)), Raises(ValueError, ("read-only",))),
+    Row("x.numpy()[0] = 5 while a graph reads x", lambda: write_while_recorded(lambda x: x.numpy().__setitem__(0, 5)),
+        Raises(ValueError, ("read-only",))),
+    Row("Linear weight write while a graph reads it", lambda: write_parameter(nn.Linear(3, 2)),
+        Raises(ValueError, ("read-only",))),
+    Row("LSTM (unrolled) parameter write while a graph reads it", lambda: write_parameter(nn.LSTM(3, 2, unroll=True)),
+        Raises(ValueError, ("read-only",))),
+    Row("LSTM (looped) parameter write while a graph reads it", lambda: write_parameter(nn.LSTM(3, 2)),
+        Raises(ValueError, ("read-only",))),
     Row("the gradient after a refused write", lambda: gradient_after_refused_write(), Gives(f64(2, 4, 6))),
     Row("p -= d on a parameter outside no_grad", lambda: nn.Parameter(f64(1, 2)).__isub__(1.0),
         Raises(RuntimeError, ("-=", "leaf", "no_grad"))),
@@ -286,6 +307,8 @@ ROWS = [
         Raises(mg.CheckpointError, ("'w.txt'", "not a .npy array"))),
     Row("mg.load of a pickle", lambda: mg.load(checkpoint("pickle")),
         Raises(mg.CheckpointError, ("pickle", "never unpickles"))),
+    Row("mg.load of a small deflated archive declaring 256 MiB", lambda: mg.load(checkpoint("bomb")),
+        Raises(mg.CheckpointError, ("268435456 bytes", "max_bytes"))),
     Row("mg.load over max_bytes", lambda: mg.load(checkpoint("npz"), max_bytes=10),
         Raises(mg.CheckpointError, ("40 bytes", "max_bytes=10"))),
     Row("keys 'w' and 'w.npy' keep their own arrays", lambda: [a.tolist() for a in mg.load(checkpoint("npz")).values()],

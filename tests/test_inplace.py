@@ -267,3 +267,19 @@ def test_manual_sgd_with_minus_equals_trains_to_the_same_weights_as_optim_sgd():
     for (name, p), q, p0 in zip(manual.named_parameters(), auto.parameters(), first.parameters()):
         np.testing.assert_array_equal(p.data, q.data, err_msg=name)
         assert not np.allclose(p.data, p0.data)     # it trained
+
+
+def test_a_result_the_user_reaches_is_held_while_its_graph_lives():
+    x = mg.Tensor(np.array([0.5, 1.0]), requires_grad=True)
+    y = x.exp()                                    # exp's vjp reads its own output
+    with pytest.raises(ValueError, match="read-only"):
+        y.data[...] = 0.0
+    h = x * 2.0
+    a = h.numpy()
+    z = (h * h).sum()                              # the multiply saved h's array
+    with pytest.raises(ValueError, match="read-only"):
+        a[0] = 9.0
+    (y.sum() + z).backward()
+    np.testing.assert_allclose(x.grad, np.exp([0.5, 1.0]) + 8.0 * np.array([0.5, 1.0]))
+    y.data[...] = 0.0                              # freed: writable again
+    a[0] = 9.0
