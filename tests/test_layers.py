@@ -147,6 +147,19 @@ def test_leaky_relu_softmax_flatten_identity_by_hand():
     assert nn.Identity(54, unused="x")(t) is t
 
 
+def test_embedding_gradcheck_with_the_padding_row_held_fixed():
+    """Finite differences see the padding row's value in the output; its gradient is zero by design,
+    so the check perturbs the other rows only (the padding row enters as a constant)."""
+    layer = nn.Embedding(5, 3, padding_idx=1, dtype=np.float64)
+    pad = layer.weight.data[1:2].copy()
+    idx = np.array([[1, 0, 4], [1, 1, 3]])
+
+    def fn(rest):
+        weight = mg.concatenate([rest[:1], mg.Tensor(pad), rest[1:]])
+        return nn.functional_call(layer, {"weight": weight}, idx)
+    assert mg.gradcheck(fn, [mg.Tensor(np.delete(layer.weight.data, 1, axis=0), requires_grad=True)])
+
+
 def test_embedding_padding_row_gets_no_gradient_by_hand():
     layer = nn.Embedding(5, 3, padding_idx=2, dtype=np.float64)
     assert not layer.weight.data[2].any() and layer.weight.data[[0, 1, 3, 4]].all()
