@@ -15,7 +15,7 @@ from .functional import (arange, argmax, argmin, cat, chunk, clip, concatenate, 
                          squeeze, stack, std, tensor, transpose, unsqueeze, var, where, zeros, zeros_like)
 from .functional import max, min, sum  # noqa: A004
 from .ops import absolute as abs  # noqa: A001
-from .ops import cos, exp, expm1, log, log1p, matmul, relu, sigmoid, sin, sqrt, tanh
+from .ops import cos, erf, exp, expm1, log, log1p, matmul, relu, sigmoid, sin, sqrt, tanh
 from .gradcheck import GradcheckError, gradcheck
 from .scan import scan
 from .io import CheckpointError, load, save
