@@ -41,11 +41,21 @@ def get_default_dtype() -> np.dtype:
 
 
 def set_default_dtype(dtype) -> None:
-    """Make ``dtype`` (float32 or float64) the default dtype (see ``get_default_dtype``).
+    """Make ``dtype`` the default dtype (see ``get_default_dtype``), as torch.set_default_dtype.
 
     It applies to what is made afterwards; existing Tensors and layers keep their dtype, and
     numpy arrays always keep their own. Gradient checks want float64:
     ``mg.set_default_dtype(np.float64)``, or float64 arrays.
+
+    Parameters
+    ----------
+    dtype : numpy dtype or its name
+        float32 or float64.
+
+    Raises
+    ------
+    TypeError
+        For any other dtype (float16 loses too much for training; integers cannot require grad).
     """
     try:
         dt = None if dtype is None else np.dtype(dtype)     # np.dtype(None) would be float64

@@ -135,10 +135,19 @@ class Module:
         return sorted(set(super().__dir__()) | set(self._parameters) | set(self._modules) | set(self._buffers))
 
     def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:
-        """Register ``tensor`` (a Tensor, an array, or None) as a buffer: state that is not a
-        parameter (no gradient, not optimised), read as ``self.name``, e.g. running statistics.
-        A persistent buffer goes into ``state_dict()`` and is loaded by ``load_state_dict``;
-        assigning ``self.name = value`` later replaces it (and keeps it a buffer)."""
+        """Register a buffer: state that is not a parameter (no gradient, not optimised), read as
+        ``self.name``, e.g. running statistics. Assigning ``self.name = value`` later replaces it
+        and keeps it a buffer.
+
+        Parameters
+        ----------
+        name : str
+            Not already an attribute, parameter or sub-module; no ``'.'``.
+        tensor : Tensor, ndarray or None
+            An ndarray is wrapped in a Tensor (no copy); None reserves the name.
+        persistent : bool
+            Whether ``state_dict()`` holds it (and ``load_state_dict`` expects it).
+        """
         where = f"{type(self).__name__}.register_buffer"
         if "_buffers" not in self.__dict__:
             raise AttributeError(f"{where}: call super().__init__() before registering buffers")
