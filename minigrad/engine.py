@@ -6,6 +6,12 @@ gives the output Tensor a ``Node``: its parents (Nodes, or leaf Tensors), its vj
 shape and dtype, not its data. ``backward`` walks the Nodes in Kahn order (iteratively,
 so depth is only bounded by memory), sums every use's gradient, and reduces broadcast
 gradients back to each input's shape in one place: ``unbroadcast``.
+
+What a vjp reads must not change unseen. Arrays a user can reach (leaf operands, ndarray
+operands, results once read through ``.data``) are read-only while a node that may read them
+lives (``_Pin``); the library's own in-place changes lift that for the write and advance a
+global clock (``_epoch``), and backward checks a node recorded before such a change
+(``_check_versions``), as PyTorch's version counters do.
 """
 from __future__ import annotations
 
