@@ -190,6 +190,7 @@ class Tensor:
     def __isub__(self, o): return self._inplace(ops.subtract, np.subtract, o, "-=")
     def __imul__(self, o): return self._inplace(ops.multiply, np.multiply, o, "*=")
     def __itruediv__(self, o): return self._inplace(ops.divide, np.divide, o, "/=")
+    def __ipow__(self, o): return self._inplace(ops.power, np.power, o, "**=")
 
     def __setitem__(self, index, value):
         index = _raw_index(index)

@@ -157,6 +157,7 @@ def test_in_place_operators_change_the_tensor_itself():
     t -= np.array([1.0, 0.0])
     t *= mg.Tensor(np.array([2.0, 2.0]))
     t /= 4.0
+    t **= 1.0
     t[0, 1] = -1.0
     t[1] = mg.Tensor(np.array([7.0, 8.0]))
     t[:, 0] += 1.0
@@ -167,7 +168,7 @@ def test_in_place_operators_change_the_tensor_itself():
 def test_in_place_on_a_leaf_that_requires_grad_only_under_no_grad():
     w = nn.Parameter(np.array([1.0, 2.0]))
     for change in (lambda: w.__iadd__(1.0), lambda: w.__isub__(1.0), lambda: w.__imul__(2.0),
-                   lambda: w.__itruediv__(2.0), lambda: w.__setitem__(0, 5.0)):
+                   lambda: w.__itruediv__(2.0), lambda: w.__ipow__(2.0), lambda: w.__setitem__(0, 5.0)):
         with pytest.raises(RuntimeError, match="leaf tensor that requires grad.*no_grad"):
             change()
     np.testing.assert_array_equal(w.data, [1.0, 2.0])
@@ -210,6 +211,7 @@ def _in_place_chain(x, w):
     h *= x
     h -= 1.0
     h /= w
+    h **= 2
     h[0] = (x[1] * w[1]).reshape(())
     return (h ** 2).sum()
 
