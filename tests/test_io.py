@@ -433,3 +433,20 @@ def test_a_real_torch_save_file_is_a_checkpoint_error_pointing_to_interop(tmp_pa
     torch.save(torch.nn.Linear(2, 2).state_dict(), tmp_path / "model.pt")
     with pytest.raises(mg.CheckpointError, match="model.pt' is a PyTorch checkpoint.*minigrad.interop"):
         mg.load(tmp_path / "model.pt")
+
+
+def test_load_reads_every_layout_numpy_writes(tmp_path):
+    arrays = {"fortran": np.asfortranarray(np.arange(12.0).reshape(3, 4)), "big_endian": np.arange(5, dtype=">i4"),
+              "scalar": np.array(3.5), "empty": np.zeros((0, 3), np.float32), "text": np.array(["ab", "cde"]),
+              "flags": np.array([True, False]), "complex": np.array([1 + 2j]), "deflated": np.linspace(0, 1, 1000),
+              "large": np.random.default_rng(0).standard_normal(3 << 20)}       # 24 MiB: read in blocks
+    for compressed in (False, True):
+        path = tmp_path / f"c{compressed}.npz"
+        (np.savez_compressed if compressed else np.savez)(path, **arrays)
+        loaded = mg.load(path)
+        with np.load(path) as ref:
+            assert list(loaded) == list(ref.files)
+            for name in ref.files:
+                assert loaded[name].dtype == ref[name].dtype and loaded[name].shape == ref[name].shape
+                assert loaded[name].flags.f_contiguous == ref[name].flags.f_contiguous
+                np.testing.assert_array_equal(loaded[name], ref[name], err_msg=name)
