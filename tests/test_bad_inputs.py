@@ -182,6 +182,10 @@ ROWS = [
         Gives(f64(0, 0, 0, 0, 0, LOG2))),
     Row("sqrt at 0 is inf", lambda: grad(lambda x: x.sqrt(), 0.0, 1.0), Gives(f64(np.inf, 0.5))),
     Row("abs at 0 is 0", lambda: grad(lambda x: x.abs(), 0.0, -1.0, 1.0), Gives(f64(0, -1, 1))),
+    Row("relu at NaN gives 0 (documented; PyTorch 1)", lambda: grad(lambda x: x.relu(), np.nan, -1.0, 2.0),
+        Gives(f64(0, 0, 1))),
+    Row("abs at NaN gives NaN (documented; PyTorch 0)", lambda: grad(lambda x: x.abs(), np.nan, -1.0),
+        Gives(f64(np.nan, -1))),
     # -------------------------------------------------- max / min: ties and NaN
     Row("max: ties share", lambda: grad(lambda x: x.max(), 3.0, 1.0, 3.0), Gives(f64(0.5, 0, 0.5))),
     Row("max: a NaN takes the gradient", lambda: grad(lambda x: x.max(), 1.0, np.nan, 3.0), Gives(f64(0, 1, 0))),

@@ -309,6 +309,12 @@ def test_new_files_get_the_mode_open_gives_them_and_replaced_files_keep_theirs(t
     loss = (mg.Tensor(np.ones(2), requires_grad=True) * 2.0).sum()
     mg.draw(loss, tmp_path / "g.dot")
     assert stat.S_IMODE((tmp_path / "g.dot").stat().st_mode) == 0o640
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "cli.dot"                             # python -m minigrad graph: the umask is inherited
+    subprocess.run([sys.executable, "-m", "minigrad", "graph", str(out)], env=env, check=True, capture_output=True,
+                   timeout=120)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
 
 
 def test_saving_through_a_symbolic_link_updates_its_target(tmp_path):
