@@ -314,9 +314,12 @@ class Tensor:
         return (self[i] for i in range(len(self)))
 
     def detach(self) -> "Tensor":
-        """A tensor sharing this one's data, outside any graph."""
+        """A tensor sharing this one's data, outside any graph (read-only while this one's graph
+        may read it, as ``data``; its in-place operators are version changes that graph sees)."""
         if _state.trace is not None:
             return ops.stop_gradient(self)      # inside a scan body: a traced op
+        if self._node is not None:
+            _pin_result(self)
         return Tensor(self._data)
 
     def zero_grad(self) -> None:

@@ -285,3 +285,14 @@ def test_a_result_the_user_reaches_is_held_while_its_graph_lives():
     np.testing.assert_allclose(x.grad, np.exp([0.5, 1.0]) + 8.0 * np.array([0.5, 1.0]))
     y.data[...] = 0.0                              # freed: writable again
     a[0] = 9.0
+
+
+def test_a_detached_result_shares_the_protection_of_its_source():
+    x = mg.Tensor(np.array([0.5, 1.0]), requires_grad=True)
+    y = x.tanh()                                   # tanh's vjp reads y
+    d = y.detach()
+    with pytest.raises(ValueError, match="read-only"):
+        d.data[0] = 0.0
+    d += 1.0                                       # the in-place operator goes through, as a version change
+    with pytest.raises(RuntimeError, match="tanh.*modified in place"):
+        y.sum().backward()
