@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import minigrad as mg
-from minigrad import nn
+from minigrad import interop, nn
 from minigrad.nn import functional as F
 
 
@@ -319,6 +319,12 @@ ROWS = [
         Gives([[0.0, 0.0, 0.0], [1.0, 1.0]])),
     Row("mg.load of a missing file", lambda: mg.load(os.path.join(FILES, "nothing.npz")),
         Raises(mg.CheckpointError, ("not found", "nothing.npz"))),
+    Row("load_torch_lstm of a two-layer state dict into one layer (issue 15's interop)",
+        lambda: interop.load_torch_lstm(nn.LSTM(2, 3), interop.torch_lstm_state_dict(nn.LSTM(2, 3, num_layers=2))),
+        Raises(KeyError, ("weight_ih_l1", "nothing was loaded"))),
+    Row("load_torch_gru of a one-direction state dict into a bidirectional GRU",
+        lambda: interop.load_torch_gru(nn.GRU(2, 3, bidirectional=True), interop.torch_gru_state_dict(nn.GRU(2, 3))),
+        Raises(KeyError, ("weight_ih_l0_reverse",))),
     # -------------------------------------------------- recurrent masks
     Row("LSTM mask of 0.3", lambda: lstm_with_mask(np.full((2, 4), 0.3)), Raises(ValueError, ("LSTM", "mask", "0.3"))),
     Row("LSTM mask with NaN", lambda: lstm_with_mask(np.where(np.eye(2, 4) > 0, np.nan, 1.0)),
