@@ -126,9 +126,10 @@ def save(obj, path) -> None:
 
 
 def _temp_names(target):
-    """The pattern of ``target``'s temporary files: ``.NAME.<8 random characters>.tmp`` (another
-    target's, ``.NAME.b.<...>.tmp``, never matches)."""
-    return re.compile(r"\." + re.escape(os.path.basename(target)) + r"\.[0-9a-z]{8}\.tmp")
+    """The pattern of ``target``'s temporary files: ``.NAME.<8 random characters>.tmp``, as this
+    module and the mkstemp of earlier versions named them (another target's, ``.NAME.b.<...>.tmp``,
+    never matches)."""
+    return re.compile(r"\." + re.escape(os.path.basename(target)) + r"\.[0-9a-z_]{8}\.tmp")
 
 
 def atomic_write(path, write) -> str:

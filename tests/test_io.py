@@ -260,6 +260,7 @@ def test_saves_killed_with_sigkill_leave_the_old_file_and_the_next_save_cleans_u
     old_bytes = path.read_bytes()
     (tmp_path / "other.npz").write_bytes(b"x")
     (tmp_path / ".other.npz.0123abcd.tmp").write_bytes(b"x")      # another target's: not ours to remove
+    (tmp_path / ".model.npz.k_3x9q2z.tmp").write_bytes(b"x")     # left by an earlier version's mkstemp
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]))
     killed = 0
