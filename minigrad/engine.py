@@ -226,6 +226,10 @@ def _note_inplace(arr, epoch):
 # ---------------------------------------------------------------------------- read-only while a graph reads
 
 _pinned = {}   # id(an array that owns its memory) -> weakref to its _Pin
+# id(owner) -> a live pin's (owner weakref, view weakrefs). Held here so that they stay reachable:
+# when a pin dies in a garbage cycle (a graph a cycle holds), CPython clears the weakrefs inside
+# that cycle before it runs __del__, which then found no array to make writable again.
+_pin_refs = {}
 
 
 class _Pin:
@@ -242,12 +246,15 @@ class _Pin:
         self.key, self.owner, self.views = id(owner), weakref.ref(owner), []
         owner.flags.writeable = False
         _pinned[self.key] = weakref.ref(self)
+        _pin_refs[self.key] = (self.owner, self.views)
 
     def __del__(self):
         try:
             ref = _pinned.get(self.key)
-            if ref is not None and ref() is self:
+            if ref is not None and ref() in (self, None):     # None: cleared by the collector
                 del _pinned[self.key]
+            if _pin_refs.get(self.key, (None,))[0] is self.owner:
+                del _pin_refs[self.key]
             for a in (self.owner, *self.views):
                 a = a()
                 if a is not None:

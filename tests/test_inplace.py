@@ -296,3 +296,33 @@ def test_a_detached_result_shares_the_protection_of_its_source():
     d += 1.0                                       # the in-place operator goes through, as a version change
     with pytest.raises(RuntimeError, match="tanh.*modified in place"):
         y.sum().backward()
+
+
+def test_a_graph_freed_by_the_cycle_collector_makes_its_arrays_writable_again():
+    """CPython clears the weakrefs inside a garbage cycle before running finalizers: a pin that
+    kept its arrays only through such weakrefs left them read-only for good."""
+    import gc
+    x = mg.Tensor(np.ones(3), requires_grad=True)
+    view = x.data[1:]
+    y = x[1:] * 2 + mg.Tensor(view)      # the view is an operand: pinned too
+    cycle = [y]
+    cycle.append(cycle)
+    assert not x.data.flags.writeable and not view.flags.writeable
+    del y, cycle
+    gc.collect()
+    assert x.data.flags.writeable and view.flags.writeable
+    x.data[0] = 5.0
+
+
+def test_an_optimizer_steps_after_an_eval_forward_of_a_looped_lstm_was_collected():
+    """The looped LSTM's kept trace sits in a cycle: once collected, the next optimizer step
+    failed with 'output array is read-only'."""
+    import gc
+    model = nn.Sequential(nn.LSTM(3, 4, dtype=np.float64), nn.Linear(4, 1, dtype=np.float64))
+    x = np.random.default_rng(0).standard_normal((2, 5, 3))
+    model(x).numpy()
+    gc.collect()
+    opt = mg.optim.Adam(model.parameters())
+    model(x).sum().backward()
+    opt.step()
+    assert all(p.data.flags.writeable for p in model.parameters())
