@@ -1,4 +1,7 @@
-"""Convert recurrent weights to and from PyTorch's ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` layout.
+"""minigrad models and weights to and from PyTorch.
+
+Whole models: ``to_torch(model)`` and ``from_torch(module)`` (at the end of this file; they import
+torch when called). Recurrent weights: PyTorch's ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` layout.
 
 minigrad (like Keras) keeps row-vector weights: ``U`` (input, kH), ``W`` (H, kH). PyTorch keeps
 ``weight_ih_l0`` (kH, input) and ``weight_hh_l0`` (kH, H), i.e. the transposes, plus two biases,
@@ -7,9 +10,10 @@ parameters are ``U_l1_reverse``, ``W_l1_reverse``, ``b_l1_reverse``. Torch is no
 these functions take and return numpy arrays (torch tensors are accepted and converted).
 
 * LSTM and RNN: the gate order is the same (LSTM: i, f, g, o). PyTorch has two biases where
-  minigrad has one: they are summed on import, and exported as ``bias_ih = b``, ``bias_hh = 0``
-  (the same function; in training, PyTorch's two biases then get equal gradients and drift apart,
-  which changes nothing but their split).
+  minigrad has one: they are summed on import, and exported as ``bias_ih = b``, ``bias_hh = 0``.
+  Trained with both biases free, PyTorch would move their sum by twice SGD's step, and Adam,
+  clipping and weight decay treat two biases differently from one: ``to_torch`` therefore
+  freezes ``bias_hh`` at zero (``requires_grad=False``), and training continues identically.
 * GRU: both biases exist in both. Gate order differs: PyTorch r, z, n; minigrad (Keras) z, r, n.
 
 Loading checks the whole state dict before changing anything: a key the layer does not use (a
@@ -18,10 +22,12 @@ that is missing, or a shape that does not fit is an error naming every such key.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 
-__all__ = ["torch_lstm_state_dict", "load_torch_lstm", "torch_gru_state_dict", "load_torch_gru",
-           "torch_rnn_state_dict", "load_torch_rnn"]
+__all__ = ["to_torch", "from_torch", "torch_lstm_state_dict", "load_torch_lstm", "torch_gru_state_dict",
+           "load_torch_gru", "torch_rnn_state_dict", "load_torch_rnn"]
 
 _BLOCKS = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -129,3 +135,226 @@ def load_torch_rnn(rnn, state_dict) -> None:
     """Set the minigrad ``rnn`` (an ``RNN`` or ``RNNCell``) from PyTorch ``nn.RNN`` weights (tanh
     nonlinearity); the two biases are summed."""
     _load(rnn, state_dict, "rnn", "load_torch_rnn")
+
+
+# ---------------------------------------------------------------- whole models: to_torch, from_torch
+
+def _import_torch(who):
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(f"{who} needs PyTorch: pip install torch (or pip install minigrad[interop])") from None
+    return torch
+
+
+def _tensor(torch, a, requires_grad=True):
+    return torch.nn.Parameter(torch.from_numpy(np.array(a)), requires_grad=requires_grad)
+
+
+_TORCH_RECURRENT = {"LSTM": ("lstm", torch_lstm_state_dict), "GRU": ("gru", torch_gru_state_dict),
+                    "RNN": ("rnn", torch_rnn_state_dict)}
+
+
+def _recurrent_to_torch(torch, layer, path):
+    if layer.recurrent_dropout:
+        raise ValueError(f"to_torch: layer {path}, {type(layer).__name__}, has recurrent_dropout="
+                         f"{layer.recurrent_dropout}, which PyTorch's layers do not have; set it to 0 first")
+    from .torch_modules import Recurrent
+    kind, export = _TORCH_RECURRENT[type(layer).__name__]
+    cls = getattr(torch.nn, type(layer).__name__)
+    rnn = cls(layer.input_size, layer.hidden_size, num_layers=layer.num_layers, bidirectional=layer.bidirectional,
+              dropout=layer.dropout, batch_first=True, dtype=_torch_dtype(torch, layer.dtype))
+    state = {k: torch.from_numpy(v) for k, v in export(layer).items()}
+    rnn.load_state_dict(state, strict=True)
+    if kind != "gru":       # minigrad has one bias: bias_hh stays zero so training sees one bias too
+        for name, p in rnn.named_parameters():
+            if name.startswith("bias_hh"):
+                p.requires_grad_(False)
+    return Recurrent(rnn, layer.return_sequences, layer.return_state)
+
+
+def _torch_dtype(torch, dtype):
+    return getattr(torch, np.dtype(dtype).name)
+
+
+def _linear_to_torch(torch, m, path):
+    t = torch.nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, dtype=_torch_dtype(torch, m.dtype))
+    t.weight = _tensor(torch, m.weight.data.T)
+    if m.bias is not None:
+        t.bias = _tensor(torch, m.bias.data)
+    return t
+
+
+def _embedding_to_torch(torch, m, path):
+    t = torch.nn.Embedding(m.num_embeddings, m.embedding_dim, padding_idx=m.padding_idx,
+                           dtype=_torch_dtype(torch, m.dtype))
+    t.weight = _tensor(torch, m.weight.data)
+    return t
+
+
+def _layer_norm_to_torch(torch, m, path):
+    t = torch.nn.LayerNorm(m.normalized_shape, eps=m.eps, elementwise_affine=m.weight is not None,
+                           bias=m.bias is not None, dtype=_torch_dtype(torch, m.dtype))
+    if m.weight is not None:
+        t.weight = _tensor(torch, m.weight.data)
+    if m.bias is not None:
+        t.bias = _tensor(torch, m.bias.data)
+    return t
+
+
+def _to_torch_table(torch):
+    """minigrad layer type -> function(torch, layer, path) -> torch module (exact types only: a
+    subclass may compute something else in its forward)."""
+    from . import nn
+    tnn = torch.nn
+    return {
+        nn.Linear: _linear_to_torch, nn.Embedding: _embedding_to_torch, nn.LayerNorm: _layer_norm_to_torch,
+        nn.LSTM: _recurrent_to_torch, nn.GRU: _recurrent_to_torch, nn.RNN: _recurrent_to_torch,
+        nn.Dropout: lambda torch, m, path: tnn.Dropout(m.p),
+        nn.ReLU: lambda torch, m, path: tnn.ReLU(), nn.Tanh: lambda torch, m, path: tnn.Tanh(),
+        nn.Sigmoid: lambda torch, m, path: tnn.Sigmoid(), nn.Identity: lambda torch, m, path: tnn.Identity(),
+        nn.GELU: lambda torch, m, path: tnn.GELU(approximate=m.approximate),
+        nn.LeakyReLU: lambda torch, m, path: tnn.LeakyReLU(m.negative_slope),
+        nn.Softmax: lambda torch, m, path: tnn.Softmax(dim=m.dim),
+        nn.Flatten: lambda torch, m, path: tnn.Flatten(m.start_dim, m.end_dim),
+    }
+
+
+def _unsupported(who, path, obj, table):
+    names = sorted({t.__name__ for t in table} | {"Sequential"})
+    return TypeError(f"{who}: {path} is a {type(obj).__module__}.{type(obj).__name__}, which {who} cannot convert "
+                     f"(nothing was changed); supported: {', '.join(names)}, and Sequentials of them")
+
+
+def to_torch(model):
+    """An equivalent ``torch.nn.Module``, weights copied (float32 or float64, as the model's).
+
+    ``Sequential`` becomes ``nn.Sequential`` (children keep their names); ``Linear``,
+    ``Embedding``, ``LayerNorm``, ``Dropout``, ``Flatten``, ``Identity`` and the activations
+    become their ``torch.nn`` namesakes (``Linear``'s weight transposed). ``LSTM``/``GRU``/``RNN``
+    (stacked and bidirectional too) become :class:`minigrad.torch_modules.Recurrent`, a
+    ``batch_first`` ``nn.LSTM``/... that returns what the minigrad layer returns (last output or
+    sequence, states with ``return_state``). minigrad's LSTM and RNN have one bias where PyTorch's
+    have two: ``bias_ih`` holds it and ``bias_hh`` is zero with ``requires_grad=False``, so that
+    optimizers (Adam, clipping, weight decay) see one bias, as in minigrad, and training goes on
+    identically. Anything else (a custom Module, a cell, ``recurrent_dropout``) is a TypeError or
+    ValueError naming it; the minigrad model is never changed.
+    """
+    torch = _import_torch("to_torch")
+    from . import nn
+    table = _to_torch_table(torch)
+
+    def convert(m, path):
+        if type(m) is nn.Sequential:
+            return torch.nn.Sequential(OrderedDict((name, convert(c, f"{path}[{name!r}]"))
+                                                   for name, c in m._modules.items()))
+        if type(m) not in table:
+            raise _unsupported("to_torch", path, m, table)
+        out = table[type(m)](torch, m, path)
+        return out.train(m.training)
+
+    return convert(model, "the model" if type(model) is not nn.Sequential else "the Sequential").train(model.training)
+
+
+def _recurrent_from_torch(rnn, path, return_sequences=True, return_state=True):
+    from . import nn
+    torch = _import_torch("from_torch")
+    kind = type(rnn).__name__
+    if not rnn.batch_first:
+        raise ValueError(f"from_torch: {path}, {kind}, has batch_first=False; minigrad's layers take (batch, time, "
+                         f"features): build it with batch_first=True")
+    if getattr(rnn, "proj_size", 0) or not rnn.bias or getattr(rnn, "nonlinearity", "tanh") != "tanh":
+        raise ValueError(f"from_torch: {path}, {rnn}, has options minigrad's {kind} lacks (proj_size, bias=False "
+                         f"or nonlinearity='relu')")
+    dtype = np.dtype(str(next(rnn.parameters()).dtype).replace("torch.", ""))
+    layer = getattr(nn, kind)(rnn.input_size, rnn.hidden_size, num_layers=rnn.num_layers,
+                              bidirectional=rnn.bidirectional, dropout=rnn.dropout, dtype=dtype,
+                              return_sequences=return_sequences, return_state=return_state)
+    with torch.no_grad():
+        _load(layer, rnn.state_dict(), _TORCH_RECURRENT[kind][0], "from_torch")
+    return layer.train(rnn.training)
+
+
+def _from_torch_table(torch, model_dtype):
+    """torch layer type -> function(layer, path) -> minigrad layer. A layer without parameters (a
+    LayerNorm without affine) takes ``model_dtype``: the whole module's, or the default one."""
+    from . import nn
+    from .torch_modules import Recurrent
+    tnn = torch.nn
+
+    def dtype(p):
+        return np.dtype(str(p.dtype).replace("torch.", ""))
+
+    def arr(p):
+        return p.detach().cpu().numpy().copy()
+
+    def linear(t, path):
+        m = nn.Linear(t.in_features, t.out_features, bias=t.bias is not None, dtype=dtype(t.weight))
+        m.weight.data = arr(t.weight).T.copy()
+        if t.bias is not None:
+            m.bias.data = arr(t.bias)
+        return m
+
+    def embedding(t, path):
+        if t.max_norm is not None or t.scale_grad_by_freq or t.sparse:
+            raise ValueError(f"from_torch: {path}, {t}, uses max_norm, scale_grad_by_freq or sparse, "
+                             f"which minigrad's Embedding lacks")
+        m = nn.Embedding(t.num_embeddings, t.embedding_dim, padding_idx=t.padding_idx, dtype=dtype(t.weight))
+        m.weight.data = arr(t.weight)
+        return m
+
+    def layer_norm(t, path):
+        affine = t.weight is not None
+        m = nn.LayerNorm(t.normalized_shape, eps=t.eps, elementwise_affine=affine, bias=t.bias is not None,
+                         dtype=dtype(t.weight) if affine else model_dtype)
+        if affine:
+            m.weight.data = arr(t.weight)
+        if t.bias is not None:
+            m.bias.data = arr(t.bias)
+        return m
+
+    def softmax(t, path):
+        if t.dim is None:
+            raise ValueError(f"from_torch: {path}, {t}, has dim=None (PyTorch guesses it); give dim")
+        return nn.Softmax(dim=t.dim)
+
+    return {
+        tnn.Linear: linear, tnn.Embedding: embedding, tnn.LayerNorm: layer_norm, tnn.Softmax: softmax,
+        tnn.LSTM: _recurrent_from_torch, tnn.GRU: _recurrent_from_torch, tnn.RNN: _recurrent_from_torch,
+        Recurrent: lambda t, path: _recurrent_from_torch(t.rnn, path, t.return_sequences, t.return_state),
+        tnn.Dropout: lambda t, path: nn.Dropout(t.p), tnn.ReLU: lambda t, path: nn.ReLU(),
+        tnn.Tanh: lambda t, path: nn.Tanh(), tnn.Sigmoid: lambda t, path: nn.Sigmoid(),
+        tnn.Identity: lambda t, path: nn.Identity(), tnn.GELU: lambda t, path: nn.GELU(t.approximate),
+        tnn.LeakyReLU: lambda t, path: nn.LeakyReLU(t.negative_slope),
+        tnn.Flatten: lambda t, path: nn.Flatten(t.start_dim, t.end_dim),
+    }
+
+
+def from_torch(module, dtype=None):
+    """The minigrad model equivalent to the PyTorch ``module``, weights copied: the reverse of
+    :func:`to_torch` for the same layers (``nn.Sequential`` and ``torch_modules.Recurrent`` included).
+
+    A bare ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` must be ``batch_first=True``; it becomes a layer
+    with ``return_sequences=True, return_state=True``, which returns ``(out, h, c)`` where
+    PyTorch returns ``(out, (h, c))``. The LSTM's and RNN's two biases are summed. Anything else
+    (a custom Module, ``proj_size``, ``nonlinearity='relu'``, ``Embedding(max_norm=...)``) is a
+    TypeError or ValueError naming it; the PyTorch module is never changed. A layer without
+    parameters that has a dtype in minigrad (``LayerNorm(elementwise_affine=False)``) takes the
+    dtype of the module's parameters, or ``dtype`` if given, or the default dtype if there are
+    none or several.
+    """
+    torch = _import_torch("from_torch")
+    from . import nn
+    dtypes = {str(p.dtype).replace("torch.", "") for p in module.parameters()}
+    model_dtype = dtype if dtype is not None else dtypes.pop() if len(dtypes) == 1 else None
+    table = _from_torch_table(torch, model_dtype)
+
+    def convert(t, path):
+        if type(t) is torch.nn.Sequential:
+            return nn.Sequential(OrderedDict((name, convert(c, f"{path}[{name!r}]"))
+                                             for name, c in t._modules.items()))
+        if type(t) not in table:
+            raise _unsupported("from_torch", path, t, table)
+        return table[type(t)](t, path).train(t.training)
+
+    return convert(module, "the module" if type(module) is not torch.nn.Sequential else "the Sequential")

@@ -30,7 +30,7 @@ def ok(r):
 def test_every_example_is_tested():
     scripts = sorted(p.name for p in EXAMPLES.glob("*.py"))
     assert scripts == ["char_lstm.py", "gradcheck_your_op.py", "sequence_classification.py",
-                       "shared_weights.py", "vanishing_gradients.py"]
+                       "shared_weights.py", "to_torch.py", "vanishing_gradients.py"]
 
 
 def test_shared_weights(tmp_path):
@@ -100,3 +100,12 @@ def test_gradcheck_your_op(tmp_path):
     else:
         assert "PASS  test_softplus_gradient" in out and "PASS  test_softplus_identity" in out
     assert "FAIL" not in out and "All checks passed." in out
+
+
+def test_to_torch_hands_over_exactly(tmp_path):
+    pytest.importorskip("torch")
+    out = ok(run_example("to_torch.py", "--quick", cwd=tmp_path))
+    assert "(rnn): LSTM(16, 24, num_layers=2, batch_first=True, bidirectional=True)" in out
+    diff = float(re.search(r"differ by at most (\S+)\n", out).group(1))
+    drift = float(re.search(r"losses differ by at most (\S+)\n", out).group(1))
+    assert diff <= 1e-10 and drift <= 1e-8 and "The hand-over is exact." in out
