@@ -21,6 +21,6 @@ from .scan import scan
 from .io import CheckpointError, load, save
 from .viz import draw, to_dot
 from .random import get_rng, manual_seed, seed
-from . import data, nn, optim, interop
+from . import data, nn, optim, interop, onnx
 
 __version__ = "0.1.0"
