@@ -17,7 +17,7 @@ from .functional import max, min, sum  # noqa: A004
 from .ops import absolute as abs  # noqa: A001
 from .ops import cos, erf, exp, expm1, log, log1p, matmul, relu, sigmoid, sin, sqrt, tanh
 from .gradcheck import GradcheckError, gradcheck
-from .scan import scan
+from .looped import scan, scan_program
 from .io import CheckpointError, load, save
 from .viz import draw, to_dot
 from .random import get_rng, manual_seed, seed

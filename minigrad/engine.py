@@ -24,6 +24,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from .gradients import FreshGrad, GradTable, IndexedGrad, OuterGrad, _Outer, unbroadcast  # noqa: F401
+from .gradients import check_finite as _check_finite
 from .tensor import Node, Tensor, _state
 
 __all__ = ["primitive", "no_grad", "enable_grad", "set_grad_enabled", "is_grad_enabled",
@@ -136,12 +138,6 @@ class record_contributions(contextlib.ContextDecorator):
 
     def __exit__(self, *exc):
         _state.recorder = self.prev
-
-
-def _check_finite(arr, what):
-    if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        bad = "NaN" if np.isnan(arr).any() else "inf"
-        raise FloatingPointError(f"detect_anomaly: {what} produced {bad} (shape {arr.shape})")
 
 
 # ---------------------------------------------------------------------------- primitives
@@ -410,104 +406,6 @@ def apply(prim: Primitive, args, kwargs):
 
 # ---------------------------------------------------------------------------- backward
 
-def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
-    """Sum ``grad`` over the axes that broadcasting added or stretched to reach ``shape``."""
-    if grad.shape == shape:
-        return grad
-    lead = grad.ndim - len(shape)
-    axes = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape) if n == 1 and grad.shape[i + lead] != 1)
-    if axes:
-        grad = grad.sum(axis=axes, keepdims=True)
-    if lead < 0 or grad.shape[lead:] != tuple(shape):
-        # the same size in another shape (a vjp that forgot to transpose back) must not reshape silently
-        raise ValueError(f"unbroadcast: a gradient of shape {grad.shape} does not broadcast to {shape}")
-    return grad.reshape(shape)
-
-
-class IndexedGrad:
-    """A gradient that is zero except at ``index`` (a basic index), where it is ``grad``.
-
-    The vjp of slicing returns one instead of a mostly-zero array: the engine adds ``grad``
-    into the input's gradient buffer in place, so the slices of one tensor (the gates of an
-    LSTM) share a single buffer instead of one full array each."""
-
-    __slots__ = ("index", "grad")
-
-    def __init__(self, index, grad):
-        self.index, self.grad = index, grad
-
-    def dense(self, shape, dtype):
-        out = np.zeros(shape, dtype)
-        out[self.index] += self.grad
-        return out
-
-
-class OuterGrad:
-    """The gradient ``a.T @ g`` of a product's second operand, not yet multiplied out.
-
-    matmul's vjp returns one for its weight. When the weight is a leaf (a parameter) the engine
-    keeps the factors of its uses and multiplies them out stacked, a few thousand rows at a time
-    (``_Outer``): one large product instead of one small product and one accumulation per use
-    (the T steps of an unrolled recurrent layer). For anything else it is multiplied out at once."""
-
-    __slots__ = ("a", "g")
-
-    def __init__(self, a, g):
-        self.a, self.g = a, g
-
-    def dense(self):
-        return self.a.T @ self.g
-
-
-class _Outer:
-    """The OuterGrads a leaf has received and not yet multiplied out, and the sum of those that
-    were. They are multiplied out every ``ROWS`` rows, so a long sequence holds a bounded slice
-    of its per-step gradients instead of all of them (and the products stay cache-sized)."""
-
-    ROWS = 4096
-    __slots__ = ("As", "Gs", "rows", "total")
-
-    def __init__(self):
-        self.As, self.Gs, self.rows, self.total = [], [], 0, None
-
-    def add(self, a, g, shared):
-        self.As.append(a)
-        self.Gs.append(g)
-        self.rows += a.shape[0]
-        if self.rows >= self.ROWS:
-            self.flush(shared)
-
-    def flush(self, shared):
-        """Multiply out what was collected: sum_i a_i.T @ g_i as one product. ``shared`` holds the
-        last concatenation of gradients, with the arrays it was made of (their ids are its key,
-        and ids are unique only among live arrays): the same g_t reach U and W of an LSTM step."""
-        As, Gs = self.As, self.Gs
-        if not As:
-            return
-        if len(As) == 1:
-            part = As[0].T @ Gs[0]
-        else:
-            key = tuple(map(id, Gs))
-            if shared and shared[0] == key:
-                G = shared[2]
-            else:
-                G = np.concatenate(Gs)
-                shared[:] = [key, Gs, G]
-            part = np.concatenate(As).T @ G
-        self.As, self.Gs, self.rows = [], [], 0
-        self.total = part if self.total is None else np.add(self.total, part, out=self.total)
-
-
-class FreshGrad:
-    """A gradient array the vjp allocated itself and returns nowhere else (scan's parameter
-    gradients): the engine may add into it in place and hand it to a leaf without a copy."""
-
-    __slots__ = ("array",)
-
-    def __init__(self, array):
-        self.array = array
-
-
 def _freed(g):
     raise AssertionError("unreachable")   # identity marks a node whose saved arrays were released
 
@@ -544,64 +442,21 @@ def gc_paused():
 
 
 def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
-    if not root.requires_grad:
-        raise RuntimeError("backward: this tensor does not require grad and has no graph "
-                           "(did any input have requires_grad=True, outside no_grad()?)")
-    if grad is None:
-        if root._data.size != 1:
-            raise RuntimeError(f"backward: grad can be created implicitly only for a single-element "
-                               f"output; this one has shape {root.shape}. Pass grad= of that shape.")
-        grad = np.ones(root.shape, root.dtype)
-    else:
-        grad = np.asarray(grad._data if isinstance(grad, Tensor) else grad, dtype=root.dtype)
-        if grad.shape != root.shape:
-            raise ValueError(f"backward: grad has shape {grad.shape} but the tensor has shape {root.shape}")
-
-    # Count each node's consumers, so a node is processed only once all its uses are summed.
-    # The graph's nodes are Nodes, and the leaf Tensors themselves (which have no parents).
-    start = root if root._node is None else root._node
-    pending = {}
-    stack = [start]
-    while stack:
-        u = stack.pop()
-        if type(u) is not Node:
-            continue
-        for p in u._parents:
-            if p is not None:
-                k = id(p)
-                if k in pending:
-                    pending[k] += 1
-                else:
-                    pending[k] = 1
-                    stack.append(p)
-
-    anomaly = _state.anomaly
-    recorder = _state.recorder
+    start, grad = _seed(root, grad)
+    pending = _consumers(start)
     _state.retain_graph = retain_graph    # read by multi-output nodes (scan) that free their own state
+    recorder = _state.recorder
+    table = GradTable(_state.anomaly, recorder)
+    table.add(id(start), grad, root.shape, root.dtype)
     epoch = _epoch[0]
-    grads = {id(start): grad}
-    owned = set()          # ids of gradient arrays this backward created, safe to add into in place
-    outer, shared = {}, []   # leaf id -> its pending OuterGrads (_Outer); the last concatenation
     ready = [start]
     with gc_paused():
         while ready:
             t = ready.pop()
-            g = grads.pop(id(t), None)
-            if g is not None and id(g) in owned:      # ids are only unique among live arrays:
-                owned.discard(id(g))                  # forget this one as it leaves the table
-                g_owned = True
-            else:
-                g_owned = False
+            g, owned = table.pop(id(t))
             if type(t) is not Node:                   # a leaf Tensor: keep its gradient
-                pending_outer = outer.pop(id(t), None)
-                if pending_outer is not None:
-                    pending_outer.flush(shared)
-                    total = pending_outer.total
-                    if anomaly:
-                        _check_finite(total, f"backward of the products using a tensor of shape {t.shape}")
-                    g, g_owned = (total, True) if g is None else (g + total, True)
                 if g is not None:
-                    _accumulate_leaf(t, g, g_owned)
+                    _accumulate_leaf(t, g, owned)
                 continue
             vjp = t._vjp
             if vjp is _freed:
@@ -618,8 +473,7 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                     raise RuntimeError(f"{t._op}: vjp returned {len(in_grads)} gradients for {len(parents)} inputs")
             else:
                 in_grads = (None,) * len(parents)
-            # e.g. scan reports its steps' shares itself
-            reports = recorder is not None and getattr(vjp, "reports_contributions", False)
+            report = recorder is None or not getattr(vjp, "reports_contributions", False)   # scan reports its steps
             if not retain_graph:
                 t._vjp = _freed
                 t._pins = None        # its arrays are writable again unless another graph reads them
@@ -627,68 +481,49 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                 if p is None:
                     continue
                 k = id(p)
-                if type(gi) is OuterGrad:
-                    if type(p) is not Node and gi.a.ndim == 2 and gi.g.ndim == 2 and not anomaly:
-                        if recorder is not None and k in recorder.watch and not reports:
-                            recorder.add(recorder.watch[k], t._op, t._step, gi.dense())
-                        acc = outer.get(k)
-                        if acc is None:
-                            acc = outer[k] = _Outer()
-                        acc.add(gi.a, gi.g, shared)
-                        left = pending[k] - 1
-                        pending[k] = left
-                        if not left:
-                            ready.append(p)
-                        continue
-                    gi = gi.dense()
-                if recorder is not None and k in recorder.watch and gi is not None and not reports:
-                    recorder.add(recorder.watch[k], t._op, t._step,
-                                 unbroadcast(np.asarray(gi), p.shape) if type(gi) is not IndexedGrad
-                                 else gi.dense(p.shape, p.dtype))
-                if type(gi) is IndexedGrad:
-                    buf = grads.get(k)
-                    if buf is None or id(buf) not in owned:
-                        buf = np.zeros(p.shape, p.dtype) if buf is None else np.array(buf)
-                        owned.add(id(buf))
-                        grads[k] = buf
-                    if anomaly:
-                        _check_finite(np.asarray(gi.grad), f"backward of op '{t._op}'")
-                    buf[gi.index] += gi.grad
-                elif gi is not None:
-                    fresh = False
-                    if type(gi) is not np.ndarray:
-                        if type(gi) is FreshGrad:
-                            gi, fresh = gi.array, True
-                        else:
-                            gi = np.asarray(gi)
-                    shape, dtype = p.shape, p.dtype
-                    if gi.shape != shape:
-                        try:
-                            gi = unbroadcast(gi, shape)
-                        except ValueError:
-                            raise RuntimeError(f"{t._op}: vjp returned a gradient of shape {gi.shape} for an "
-                                               f"input of shape {shape}") from None
-                    if gi.dtype is not dtype and gi.dtype != dtype:
-                        gi = gi.astype(dtype)
-                    if anomaly:
-                        _check_finite(gi, f"backward of op '{t._op}'")
-                    prev = grads.get(k)
-                    if prev is None:
-                        grads[k] = gi
-                        if fresh:
-                            owned.add(id(gi))
-                    elif id(prev) in owned:
-                        np.add(prev, gi, out=prev)
-                    else:
-                        s = np.add(prev, gi, dtype=prev.dtype)
-                        if type(s) is not np.ndarray:     # 0-d inputs give a numpy scalar
-                            s = np.asarray(s)
-                        owned.add(id(s))
-                        grads[k] = s
+                if gi is not None:
+                    table.add(k, gi, p.shape, p.dtype, t._op, t._step, type(p) is not Node, report)
                 left = pending[k] - 1
                 pending[k] = left
                 if not left:
                     ready.append(p)
+
+
+def _seed(root, grad):
+    """The graph entry of ``root`` and the gradient backward starts from, checked."""
+    if not root.requires_grad:
+        raise RuntimeError("backward: this tensor does not require grad and has no graph "
+                           "(did any input have requires_grad=True, outside no_grad()?)")
+    if grad is None:
+        if root._data.size != 1:
+            raise RuntimeError(f"backward: grad can be created implicitly only for a single-element "
+                               f"output; this one has shape {root.shape}. Pass grad= of that shape.")
+        grad = np.ones(root.shape, root.dtype)
+    else:
+        grad = np.asarray(grad._data if isinstance(grad, Tensor) else grad, dtype=root.dtype)
+        if grad.shape != root.shape:
+            raise ValueError(f"backward: grad has shape {grad.shape} but the tensor has shape {root.shape}")
+    return (root if root._node is None else root._node), grad
+
+
+def _consumers(start):
+    """How many uses each node reachable from ``start`` has, so backward processes a node only
+    once all its uses' gradients are summed (Kahn's order). Leaf Tensors are nodes without parents."""
+    pending = {}
+    stack = [start]
+    while stack:
+        u = stack.pop()
+        if type(u) is not Node:
+            continue
+        for p in u._parents:
+            if p is not None:
+                k = id(p)
+                if k in pending:
+                    pending[k] += 1
+                else:
+                    pending[k] = 1
+                    stack.append(p)
+    return pending
 
 
 def active_trace():

@@ -2,10 +2,9 @@
 
 Every function here receives ndarrays (and static keyword arguments) and returns
 ``(output, vjp)``. Gradients may come back in the broadcast shape: the engine reduces them.
-The same definitions serve the eager engine and ``scan``'s loop compiler, which inlines
-their source into straight-line loop bodies; so each keeps to one shape: plain statements,
-then ``return out, lambda g: (...)`` (or a nested ``def vjp(g)``). ``batch`` tells the loop
-compiler the op also works with an extra leading (time) axis on its operands.
+Each is written as plain numpy: statements, then ``return out, lambda g: (...)`` (or a nested
+``def vjp(g)``). ``batch`` says how the op behaves with an extra leading (time) axis on its
+operands, which lets a looped program run it once for all steps.
 """
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ import math
 import numpy as np
 
 from .engine import IndexedGrad, OuterGrad, primitive
-from .inline import compile_time
 
 ELEMENTWISE = "elementwise"   # broadcasting op: a leading time axis on an operand just broadcasts
 MATMUL = "matmul"
@@ -173,7 +171,6 @@ _FLOORS = {}         # (shape, dtype) -> a read-only array of the exp floor (vie
 _FLOOR_CAP = 1 << 18  # elements: larger inputs clip against a scalar rather than keep a constant that size
 
 
-@compile_time
 def _float(dtype):
     """The dtype sigmoid computes in: ``dtype`` if it is float32 or wider, float32 for float16
     (whose exp overflows from 11.1 on: clipping there would put sigmoid(-20) at 1.7e-5), else
@@ -183,12 +180,10 @@ def _float(dtype):
     return dtype if dtype.kind == "f" else np.dtype(np.float64)
 
 
-@compile_time
 def _is_half(dtype):
     return dtype == np.float16
 
 
-@compile_time
 def _exp_floor(dtype):
     """The most negative x whose exp(-x) is finite in ``dtype`` (-88 in float32, -709 in float64)."""
     floor = _EXP_FLOOR.get(dtype)
@@ -197,7 +192,6 @@ def _exp_floor(dtype):
     return floor
 
 
-@compile_time
 def _exp_floor_like(shape, dtype):
     """``_exp_floor(dtype)`` as an array of ``shape``: numpy's maximum against a scalar is not
     vectorised, against an array of the same shape it is (5.3 us against 1.3 us at (32, 512) in
@@ -224,9 +218,9 @@ def _exp_floor_like(shape, dtype):
 def sigmoid(x):
     # A primitive, so its vjp needs only y. 1 / (1 + exp(-x)) keeps its relative accuracy on both
     # sides (0.5 + 0.5 tanh(x / 2) is 0 below -37); clipping first keeps exp from overflowing
-    # where the result is below the dtype's smallest normal number anyway.
-    # one buffer, every pass in place (the loop compiler may make it x's own, when x is dead here)
-    y = np.maximum(x, _exp_floor_like(x.shape, _float(x.dtype)), out=np.empty_like(x, dtype=_float(x.dtype)))
+    # where the result is below the dtype's smallest normal number anyway. One buffer (an array
+    # for a 0-d input too), every pass in place.
+    y = np.maximum(x, _exp_floor_like(x.shape, _float(x.dtype)), out=np.empty(x.shape, _float(x.dtype)))
     np.negative(y, out=y)
     np.exp(y, out=y)
     y += 1
@@ -349,7 +343,6 @@ def transpose(x, *, axes=None):
     return np.transpose(x, axes), lambda g: (np.transpose(g, back),)
 
 
-@compile_time
 def _is_basic(index):
     """Is ``index`` basic (ints, slices, None, Ellipsis): a view whose gradient writes a slice?"""
     for part in index if type(index) is tuple else (index,):
@@ -468,8 +461,12 @@ def _mm(a, b):
 
 
 def _mm_grads(g, a, b, na, nb):
-    """Gradients of a @ b for any ranks. A 2-D weight under a batched input gets one
-    product over all batch rows, not a stack of products summed afterwards."""
+    """Gradients of a @ b for any ranks. Two matrices, the common case, first: the weight's
+    gradient stays an OuterGrad, which the engine multiplies out stacked over all its uses.
+    A 2-D weight under a batched input gets one product over all batch rows, not a stack of
+    products summed afterwards."""
+    if a.ndim == 2 and b.ndim == 2:
+        return g @ b.T if na else None, OuterGrad(a, g) if nb else None
     a2 = a[None, :] if a.ndim == 1 else a
     b2 = b[:, None] if b.ndim == 1 else b
     g2 = g
@@ -495,6 +492,5 @@ def _mm_grads(g, a, b, na, nb):
 @primitive(batch=MATMUL, explain=_matmul_explain, _builtin=True)
 def matmul(a, b, *, needs_grad=(True, True)):
     na, nb = needs_grad
-    if a.ndim == 2 and b.ndim == 2:      # the common case, spelled out so the loop compiler inlines it
-        return a @ b, lambda g: (g @ b.T if na else None, OuterGrad(a, g) if nb else None)
-    return _mm(a, b), lambda g: _mm_grads(g, a, b, na, nb)
+    out = a @ b if a.ndim <= 2 else _mm(a, b)     # a stack of rows times a matrix: see _mm
+    return out, lambda g: _mm_grads(g, a, b, na, nb)

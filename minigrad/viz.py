@@ -43,15 +43,8 @@ def _shape(t: Tensor) -> str:
 
 
 def _scan_steps(hub: Tensor):
-    """The number of steps of a ``scan`` hub, read from its backward closure (None once freed)."""
-    vjp = hub._vjp
-    code = getattr(vjp, "__code__", None)
-    if code is None or "T" not in code.co_freevars:
-        return None
-    try:
-        steps = vjp.__closure__[code.co_freevars.index("T")].cell_contents
-    except (ValueError, IndexError):
-        return None
+    """The number of steps of a ``scan`` hub (None once its backward has run)."""
+    steps = getattr(hub._vjp, "T", None)
     return steps if isinstance(steps, int) else None
 
 

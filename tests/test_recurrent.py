@@ -733,15 +733,17 @@ def test_unrolled_loop_pauses_the_cyclic_collector_and_restores_it():
         gc.enable()
 
 
-def test_looped_layer_reuses_its_trace_until_what_its_body_reads_changes(monkeypatch):
-    """A looped layer keeps its last trace (``scan.TraceMemo``): its body reads only the cell
-    function and U, W, b. A call with other parameter objects, another cell, other input
-    structure or grad mode must trace afresh; values (``set_weights``, ``.data``) are read per call."""
+def test_looped_layer_traces_every_call_and_compiles_once_per_structure(monkeypatch):
+    """A looped layer traces its cell at every call (so a random draw in a cell is made afresh)
+    and reuses the compiled program while the structure is the same: values, parameter objects
+    and the length are bound per call; the batch size, a mask, grad mode or a frozen parameter
+    make another program. Every call agrees with an unrolled twin."""
     import copy
-    scan_module = sys.modules["minigrad.scan"]
-    traces = []
-    real_trace = scan_module._trace
-    monkeypatch.setattr(scan_module, "_trace", lambda *a: traces.append(1) or real_trace(*a))
+    backends = sys.modules["minigrad.looped.backends"]
+    backends.clear_cache()
+    compiles = []
+    real = backends.compile_numpy
+    monkeypatch.setattr(backends, "compile_numpy", lambda prog: compiles.append(1) or real(prog))
     rng = np.random.default_rng(5)
     I, H = 3, 4
 
@@ -752,7 +754,7 @@ def test_looped_layer_reuses_its_trace_until_what_its_body_reads_changes(monkeyp
     layer.set_weights(random_weights("lstm", I, H, rng))
     x = mg.Tensor(rng.standard_normal((2, 5, I)))
 
-    def check(lay, x, n_traces, **kw):
+    def check(lay, x, n_compiles, **kw):
         """Output and U's gradient equal an unrolled twin's (built from the same weights)."""
         twin = nn.LSTM(I, H, return_sequences=True, unroll=True, dtype=F64)
         twin.set_weights(lay.get_weights())
@@ -761,7 +763,7 @@ def test_looped_layer_reuses_its_trace_until_what_its_body_reads_changes(monkeyp
         out.sum().backward()
         ref = twin(x, **kw)
         ref.sum().backward()
-        assert len(traces) == n_traces
+        assert len(compiles) == n_compiles
         np.testing.assert_allclose(out.numpy(), ref.numpy(), **TIGHT)
         np.testing.assert_allclose(lay.U.grad, twin.U.grad, **TIGHT)
 
@@ -771,34 +773,52 @@ def test_looped_layer_reuses_its_trace_until_what_its_body_reads_changes(monkeyp
     layer.set_weights(random_weights("lstm", I, H, rng))        # new values, same Parameter objects
     check(layer, x, 1)
     old_U, old_grad = layer.U, layer.U.grad.copy()
-    layer.U = nn.Parameter(rng.standard_normal((I, 4 * H)))     # a rebinding: traced again
-    check(layer, x, 2)
+    layer.U = nn.Parameter(rng.standard_normal((I, 4 * H)))     # a rebinding: read at this call
+    check(layer, x, 1)
     np.testing.assert_array_equal(old_U.grad, old_grad)        # nothing reached the old parameter
-    check(layer, mg.Tensor(rng.standard_normal((3, 5, I))), 3)  # another batch size
-    check(layer, x, 4, mask=np.ones((2, 5), bool))              # a mask: another body
+    check(layer, mg.Tensor(rng.standard_normal((3, 5, I))), 2)  # another batch size
+    check(layer, x, 3, mask=np.ones((2, 5), bool))              # a mask: another body
     with mg.no_grad():
         out = layer(x)
-    assert len(traces) == 5 and not out.requires_grad
-    check(layer, x, 6)                                          # grad mode again: not the no_grad program
+    assert len(compiles) == 4 and not out.requires_grad
+    check(layer, x, 4)                                          # grad mode again: that program is kept
     layer.W.requires_grad_(False)                               # frozen: a program without W's gradient
     layer.zero_grad()
     layer(x).sum().backward()
-    assert len(traces) == 7 and layer.W.grad is None
-    layer.W.requires_grad_(True)                                # unfrozen: W must get its gradient again
+    assert len(compiles) == 5 and layer.W.grad is None
+    layer.W.requires_grad_(True)                                # unfrozen: W gets its gradient again
     layer.zero_grad()
-    check(layer, x, 8)
-    twin_W = nn.LSTM(I, H, return_sequences=True, unroll=True, dtype=F64)
-    twin_W.set_weights(layer.get_weights())
-    twin_W(x).sum().backward()
-    np.testing.assert_allclose(layer.W.grad, twin_W.W.grad, **TIGHT)
-    twin = copy.deepcopy(layer)                                 # its own parameters, its own trace
-    check(twin, x, 9)
-    assert twin.U is not layer.U and twin.U.grad is not None
-    Cell.step = staticmethod(lambda x, state, U, W, b: tuple(0.5 * s for s in nn.lstm_step(x, state, U, W, b)))
-    out = layer(x)                                              # another cell function: traced again
-    assert len(traces) == 10
-    halved = Cell(I, H, return_sequences=True, unroll=True, dtype=F64)
-    halved.set_weights(layer.get_weights())
-    np.testing.assert_allclose(out.numpy(), halved(x).numpy(), **TIGHT)
-    Cell.step = staticmethod(nn.lstm_step)
-    assert not np.allclose(out.numpy(), layer(x).numpy())
+    check(layer, x, 5)
+    twin = copy.deepcopy(layer)                                 # its own parameters, the same program
+    check(twin, x, 5)
+
+
+def test_a_random_draw_in_a_looped_cell_is_made_at_every_call():
+    """A subclass may override the cell (here: dropout on x_t). The looped layer traces it at
+    every call: each call draws one mask, shared by all its steps (the body runs once per call),
+    and the next call draws another. Checked against a plain loop given the same masks."""
+    I, H, B, T = 5, 3, 2, 4
+
+    def dropped_step(x, state, U, W, b):
+        keep = mg.Tensor((mg.get_rng().random(x.shape) > 0.5) * 2.0)
+        return nn.lstm_step(x * keep, state, U, W, b)
+
+    class Dropped(nn.LSTM):
+        step = staticmethod(dropped_step)
+
+    layer = Dropped(I, H, return_sequences=True, dtype=F64)
+    layer.set_weights(random_weights("lstm", I, H, np.random.default_rng(1)))
+    x = mg.Tensor(np.random.default_rng(2).standard_normal((B, T, I)))
+    mg.seed(11)
+    got = [layer(x).numpy() for _ in range(2)]
+    mg.seed(11)
+    masks = [(mg.get_rng().random((B, I)) > 0.5) * 2.0 for _ in range(2)]
+    assert not np.array_equal(masks[0], masks[1])
+    for out, keep in zip(got, masks):
+        h, c = mg.Tensor(np.zeros((B, H))), mg.Tensor(np.zeros((B, H)))
+        ref = []
+        for t in range(T):
+            h, c = nn.lstm_step(x[:, t] * keep, (h, c), layer.U, layer.W, layer.b)
+            ref.append(h.numpy())
+        np.testing.assert_allclose(out, np.stack(ref, axis=1), **TIGHT)
+    assert not np.allclose(got[0], got[1])

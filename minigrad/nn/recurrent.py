@@ -9,11 +9,9 @@ first axis to their last. Three things call it:
   ops, every one of them reading the same ``U``, ``W``, ``b`` Parameter objects, so the engine's
   ordinary accumulation sums every step's contribution into each parameter's ``.grad``;
 * the layers with ``unroll=False`` (the default): ``mg.scan`` over the same function, one graph
-  node whatever the length, compiled from the same primitives, with the same gradients. A layer
-  keeps its last trace (``scan.TraceMemo``) while the cell function and the U, W, b objects stay
-  the same: its body reads nothing else, and their values are read afresh at every call. With
-  recurrent dropout the body also reads that call's mask, a new Tensor each call, so it traces
-  afresh: a random draw is never frozen into a kept trace.
+  node whatever the length, compiled from the same primitives, with the same gradients. The
+  cell is traced at every call (a random draw in it, or a recurrent-dropout mask, is made
+  afresh) and its compiled program is reused while its structure stays the same.
 
 Stacked and bidirectional layers run one such loop per layer and direction (``_Layer._run``);
 the backward direction is the same loop over the time-reversed sequence and mask.
@@ -37,7 +35,7 @@ import numpy as np
 from .. import functional as F
 from ..engine import gc_paused, timestep
 from ..random import get_rng
-from ..scan import TraceMemo, _scan
+from ..looped.node import BACKENDS, scan
 from ..tensor import Tensor
 from . import init
 from .functional import dropout as _dropout
@@ -259,9 +257,16 @@ class RNNCell(_Cell):
 
 class _Layer(_Recurrent):
     def __init__(self, input_size, hidden_size, return_sequences, return_state, unroll, dtype, num_layers=1,
-                 bidirectional=False, dropout=0.0, recurrent_dropout=0.0, unit_forget_bias=True):
+                 bidirectional=False, dropout=0.0, recurrent_dropout=0.0, unit_forget_bias=True, checkpoint=None,
+                 backend="auto"):
         super().__init__(input_size, hidden_size, dtype, unit_forget_bias, num_layers, bidirectional)
         who = type(self).__name__
+        if checkpoint is not None and (isinstance(checkpoint, bool) or not isinstance(checkpoint, numbers.Integral)
+                                       or checkpoint < 1):
+            raise ValueError(f"{who}: checkpoint must be None or a positive int (steps per segment); got {checkpoint!r}")
+        if backend not in BACKENDS:
+            raise ValueError(f"{who}: backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+        self.checkpoint, self.backend = checkpoint, backend
         for name, p in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
             if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
                 raise ValueError(f"{who}: {name} must be a probability in [0, 1), got {p!r}")
@@ -272,8 +277,6 @@ class _Layer(_Recurrent):
                           UserWarning, stacklevel=3)
         self.dropout, self.recurrent_dropout = float(dropout), float(recurrent_dropout)
         self.return_sequences, self.return_state, self.unroll = bool(return_sequences), bool(return_state), bool(unroll)
-        # the looped body of each layer and direction reads only the cell and its U, W, b: see TraceMemo
-        self._memos = [TraceMemo() for _ in self._names]
 
     def forward(self, x, initial_state=None, mask=None):
         """``x``: (batch, time, features). ``mask``: (batch, time) booleans, False where a step
@@ -298,7 +301,7 @@ class _Layer(_Recurrent):
             want_ys, ys = self.return_sequences or not last, []
             for d in range(D):
                 i = layer * D + d
-                state, y = self._run(seq, states[i], sets[i], self._memos[i], mask, want_ys, d == 1,
+                state, y = self._run(seq, states[i], sets[i], mask, want_ys, d == 1,
                                      self._recurrent_mask(batch))
                 finals.append(state)
                 ys.append(y)
@@ -335,7 +338,7 @@ class _Layer(_Recurrent):
         keep = get_rng().random((batch, self.hidden_size)) >= p
         return Tensor((keep * (1.0 / (1.0 - p))).astype(self.dtype))
 
-    def _run(self, xs, state, params, memo, mask, want_ys, reverse, h_mask):
+    def _run(self, xs, state, params, mask, want_ys, reverse, h_mask):
         """One layer in one direction over time-major ``xs``: (final state, time-major ys or None).
         The backward direction runs over the reversed sequence: with a mask, its padding steps
         pass the state through, so each sequence is read from its last valid step to its first.
@@ -370,9 +373,7 @@ class _Layer(_Recurrent):
                     ys.append(y)
             ys = F.stack(ys[::-1] if reverse else ys, 0) if want_ys else None
         else:
-            # the mask is read by identity: a fresh one each call traces afresh, never a stale draw
-            state, ys = _scan(body, state, xs, None, memo, (step, mask is None, want_ys, h_mask is None),
-                              params + extra)
+            state, ys = scan(body, state, xs, checkpoint=self.checkpoint, backend=self.backend)
             ys = ys[::-1] if reverse and want_ys else ys
         return state, ys
 
@@ -392,7 +393,11 @@ _OPTIONS = """
     ``initial_state`` and the returned states are stacked: (layers * directions, batch, H), in
     PyTorch's order (l0, l0 reverse, l1, ...). ``recurrent_dropout`` (Keras's, training only):
     ``h_{t-1}`` is multiplied, where it enters the recurrent product, by an inverted-dropout mask
-    drawn once per call (per layer and direction) and shared by every step."""
+    drawn once per call (per layer and direction) and shared by every step.
+
+    Looped mode (``unroll=False``) takes ``mg.scan``'s ``checkpoint=`` (keep the state every k
+    steps and recompute each segment during backward: less memory, about one more forward of
+    time) and ``backend=`` (``"auto"``, ``"numpy"``, ``"interpret"``)."""
 
 
 class LSTM(_Layer):
@@ -407,9 +412,9 @@ class LSTM(_Layer):
 
     def __init__(self, input_size, hidden_size, *, num_layers=1, bidirectional=False, dropout=0.0,
                  recurrent_dropout=0.0, return_sequences=False, return_state=False, unroll=False,
-                 dtype=None, unit_forget_bias=True):
+                 dtype=None, unit_forget_bias=True, checkpoint=None, backend="auto"):
         super().__init__(input_size, hidden_size, return_sequences, return_state, unroll, dtype, num_layers,
-                         bidirectional, dropout, recurrent_dropout, unit_forget_bias)
+                         bidirectional, dropout, recurrent_dropout, unit_forget_bias, checkpoint, backend)
 
 
 class GRU(_Layer):
@@ -422,9 +427,9 @@ class GRU(_Layer):
 
     def __init__(self, input_size, hidden_size, *, num_layers=1, bidirectional=False, dropout=0.0,
                  recurrent_dropout=0.0, return_sequences=False, return_state=False, unroll=False,
-                 dtype=None):
+                 dtype=None, checkpoint=None, backend="auto"):
         super().__init__(input_size, hidden_size, return_sequences, return_state, unroll, dtype, num_layers,
-                         bidirectional, dropout, recurrent_dropout)
+                         bidirectional, dropout, recurrent_dropout, checkpoint=checkpoint, backend=backend)
 
 
 class RNN(_Layer):
@@ -435,9 +440,9 @@ class RNN(_Layer):
 
     def __init__(self, input_size, hidden_size, *, num_layers=1, bidirectional=False, dropout=0.0,
                  recurrent_dropout=0.0, return_sequences=False, return_state=False, unroll=False,
-                 dtype=None):
+                 dtype=None, checkpoint=None, backend="auto"):
         super().__init__(input_size, hidden_size, return_sequences, return_state, unroll, dtype, num_layers,
-                         bidirectional, dropout, recurrent_dropout)
+                         bidirectional, dropout, recurrent_dropout, checkpoint=checkpoint, backend=backend)
 
 
 for _cls in (LSTM, GRU, RNN):     # the options all three share, said once

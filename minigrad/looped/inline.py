@@ -1,27 +1,33 @@
-"""Inline a primitive's own source into generated code.
+"""Inline a primitive's own source into generated code, as syntax trees.
 
-``scan``'s loop compiler does not replay primitives one call at a time: it pastes each
-primitive's forward statements and vjp expressions, renamed, into one straight-line loop
-body. This module takes a primitive written in the library's shape
+The numpy code generator does not call primitives one step at a time where it can avoid it:
+it places each primitive's forward statements and vjp expressions, renamed, into one
+straight-line loop body. This module takes a primitive written in the usual shape
 
     def op(x, *, static=...):
         ...statements...
         return out, lambda g: (grad_x,)        # or a nested ``def vjp(g): ...; return (...)``
 
-renames its locals apart, binds its parameters, folds what is known at compile time
-(static keyword arguments, operand ranks and shapes, ``needs_grad``, pure helpers marked
-``@compile_time``) and hands back the pieces as source text.
+renames its locals apart, binds its parameters, folds what is known at compile time (static
+keyword arguments, operand ranks and shapes, ``needs_grad``, pure helpers registered with
+``foldable``) and hands back the pieces as ``ast`` nodes. A primitive of any other shape, or
+whose source no longer matches the function Python runs (a file edited since import), is
+``NotInlinable``: the generator calls it instead. The globals a template reads are looked up
+when it is instantiated and listed in ``Inlined.reads``, so a compiled program can check, at
+every call, that none was rebound since.
 """
 from __future__ import annotations
 
 import ast
 import builtins
-import copy
 import inspect
+import linecache
 import textwrap
+import threading
+import types
 import warnings
 
-__all__ = ["compile_time", "NotInlinable", "Source", "source_of"]
+__all__ = ["foldable", "NotInlinable", "Source", "source_of"]
 
 _MISSING = object()
 try:
@@ -30,11 +36,21 @@ except ImportError:          # pragma: no cover
     _ufunc = ()
 
 
-def compile_time(fn):
-    """Mark a pure helper of primitives: the loop compiler may call it at compile time when
-    all its arguments are known (e.g. whether an index is basic)."""
-    fn._compile_time = True
+_FOLDABLE = set()
+
+
+def foldable(fn):
+    """Register ``fn`` as a pure helper: a call of it whose arguments are all known when code
+    is generated is evaluated then (e.g. whether an index is basic)."""
+    _FOLDABLE.add(fn)
     return fn
+
+
+def _is_foldable(fn):
+    try:
+        return fn in _FOLDABLE
+    except TypeError:          # unhashable
+        return False
 
 
 class NotInlinable(Exception):
@@ -72,9 +88,10 @@ def _value(node, known, dtypes=None):
 class _Folder(ast.NodeTransformer):
     """Rename names and fold what is known: conditions, ranks, shapes, pure helper calls."""
 
-    def __init__(self, rename, known, shapes, ranks, functions, literal=None, dtypes=None, constant=None):
+    def __init__(self, rename, known, shapes, ranks, functions, literal=None, dtypes=None, constant=None, bind=None,
+                 depth=0):
         self.rename, self.known, self.shapes, self.ranks, self.functions = rename, known, shapes, ranks, functions
-        self.literal, self.dtypes, self.constant = literal, dtypes or {}, constant
+        self.literal, self.dtypes, self.constant, self.bind, self.depth = literal, dtypes or {}, constant, bind, depth
 
     def _number(self, node):
         """A numeric literal operand of arithmetic becomes a named 0-d array of the op's dtype:
@@ -86,9 +103,12 @@ class _Folder(ast.NodeTransformer):
 
     def visit_BinOp(self, node):
         node = self.generic_visit(node)
-        if isinstance(node.left, ast.Constant) and isinstance(node.right, ast.Constant):
+        if self._all_const([node.left, node.right]):
             return self._fold(node)
-        node.left, node.right = self._number(node.left), self._number(node.right)
+        if not any(isinstance(side, (ast.Tuple, ast.List, ast.JoinedStr)) or (
+                isinstance(side, ast.Constant) and not isinstance(side.value, (int, float)))
+                for side in (node.left, node.right)):     # arithmetic on arrays, not on a tuple
+            node.left, node.right = self._number(node.left), self._number(node.right)
         return node
 
     def visit_AugAssign(self, node):
@@ -139,7 +159,19 @@ class _Folder(ast.NodeTransformer):
 
     def visit_BoolOp(self, node):
         node = self.generic_visit(node)
-        return self._fold(node) if self._all_const(node.values) else node
+        if self._all_const(node.values):
+            return self._fold(node)
+        stop = isinstance(node.op, ast.Or)          # a known value decides or drops out, left to right
+        values = []
+        for v in node.values:
+            if isinstance(v, ast.Constant):
+                if bool(v.value) == stop:
+                    return v if not values else ast.copy_location(ast.BoolOp(node.op, values + [v]), node)
+                continue
+            values.append(v)
+        if not values:
+            return node
+        return values[0] if len(values) == 1 else ast.copy_location(ast.BoolOp(node.op, values), node)
 
     def visit_UnaryOp(self, node):
         node = self.generic_visit(node)
@@ -160,7 +192,7 @@ class _Folder(ast.NodeTransformer):
     def visit_Call(self, node):
         fn = self.functions.get(self.rename.get(node.func.id, node.func.id)) if isinstance(node.func, ast.Name) \
             else None
-        if getattr(fn, "_compile_time", False):           # fold before .dtype arguments are visited
+        if _is_foldable(fn):           # fold before .dtype arguments are visited
             renamed = self.rename.get(node.func.id, node.func.id)
             args = [self.visit(a) if not (isinstance(a, ast.Attribute) and a.attr == "dtype") else
                     ast.Attribute(value=self.visit(a.value), attr="dtype", ctx=ast.Load()) for a in node.args]
@@ -182,14 +214,50 @@ class _Folder(ast.NodeTransformer):
                 and isinstance(getattr(self.functions[node.func.value.id], node.func.attr, None), _ufunc)):
             node.args = [self._number(a) for a in node.args]
         fn = self.functions.get(node.func.id) if isinstance(node.func, ast.Name) else None
-        if getattr(fn, "_compile_time", False):
+        if _is_foldable(fn):
             args = [_value(a, self.known, self.dtypes) for a in node.args]
             kwargs = {k.arg: _value(k.value, self.known, self.dtypes) for k in node.keywords}
             if all(a is not _MISSING for a in args) and all(v is not _MISSING for v in kwargs.values()):
                 lit = _literal(fn(*args, **kwargs))
                 if lit is not None:
                     return ast.copy_location(lit, node)
+        elif isinstance(fn, types.FunctionType) and self.bind is not None and self.depth < 3:
+            expr = self._inline_helper(fn, node)
+            if expr is not None:
+                return ast.copy_location(expr, node)
         return node
+
+    def _inline_helper(self, fn, node):
+        """``fn(args)`` as the expression it returns, when what is known here folds its body to a
+        single ``return`` (matmul's gradient helper for two matrices); else None."""
+        try:
+            helper = source_of(fn, helper=True)
+        except NotInlinable:
+            return None
+        if node.keywords or len(node.args) != len(helper.params):
+            return None
+        rename, known = {}, {}
+        for name, arg in zip(helper.params, node.args):
+            if isinstance(arg, ast.Name):
+                rename[name] = arg.id
+            elif isinstance(arg, ast.Constant):
+                rename[name] = f"_h{self.depth}_{name}"
+                known[rename[name]] = arg.value
+            else:
+                return None
+        functions = dict(self.functions)
+        for name, obj, where in helper._outer():
+            rename[name] = self.bind(name, obj, where)
+            functions[rename[name]] = obj
+        inner = _Folder(rename, known, self.shapes, self.ranks, functions, self.literal, self.dtypes, self.constant,
+                        self.bind, self.depth + 1)
+        inner.single = {}
+        body = _fold_block(helper._body(ast.parse(helper.src).body[0]), inner)
+        if len(body) == 1 and isinstance(body[0], ast.Return) and body[0].value is not None:
+            names = {n.id for n in ast.walk(body[0].value) if isinstance(n, ast.Name)}
+            if not names & (helper.locals - set(helper.params)):
+                return body[0].value
+        return None
 
 
 def _fold_block(stmts, folder):
@@ -231,10 +299,75 @@ def _fold_block(stmts, folder):
     return out
 
 
-class Source:
-    """A primitive's parsed source; ``instantiate`` produces renamed, folded code for one use."""
+def _same_code(a, b):
+    """Do two code objects run the same instructions (line numbers aside)?"""
+    if (a.co_code != b.co_code or a.co_names != b.co_names or a.co_varnames != b.co_varnames
+            or a.co_freevars != b.co_freevars or len(a.co_consts) != len(b.co_consts)):
+        return False
+    for x, y in zip(a.co_consts, b.co_consts):
+        if hasattr(x, "co_code"):
+            if not (hasattr(y, "co_code") and _same_code(x, y)):
+                return False
+        elif type(x) is not type(y) or x != y:
+            return False
+    return True
 
-    def __init__(self, fn):
+
+_module_codes = {}
+
+
+def _code_in_file(fn):
+    """The code object the current text of ``fn``'s file compiles to for ``fn`` (found by name and
+    first line), or None. Compiled as the whole file, as Python compiled it on import (the same
+    names imported, the same ``__future__`` flags)."""
+    filename = fn.__code__.co_filename
+    linecache.checkcache(filename)
+    text = "".join(linecache.getlines(filename))
+    if not text:
+        return None
+    with _lock:
+        code = _module_codes.get(filename)
+    if code is None or code[0] != text:
+        try:
+            module = compile(text, filename, "exec", dont_inherit=True)
+        except SyntaxError:
+            return None
+        code = (text, module)
+        with _lock:
+            _module_codes[filename] = code
+    stack = [code[1]]
+    while stack:
+        c = stack.pop()
+        if c.co_name == fn.__code__.co_name and c.co_firstlineno == fn.__code__.co_firstlineno:
+            return c
+        stack.extend(k for k in c.co_consts if hasattr(k, "co_code"))
+    return None
+
+
+def _check_source(fn):
+    """Raise NotInlinable unless ``fn``'s file, as it is now, compiles to ``fn``'s own code: a file
+    edited since it was imported must not be inlined in place of what eager mode runs."""
+    code = _code_in_file(fn)
+    if code is None or not _same_code(code, fn.__code__):
+        raise NotInlinable("its source does not match the function Python runs (edited since import?)")
+
+
+class Inlined:
+    """One use of a primitive: forward statements, the output expression, vjp statements and the
+    vjp's per-operand gradient expressions (None: no gradient), all ``ast`` nodes; ``reads``:
+    (name, object, where) for every global or closure value the code uses."""
+
+    __slots__ = ("fwd", "out", "vjp", "grads", "g", "reads")
+
+    def __init__(self, fwd, out, vjp, grads, g, reads):
+        self.fwd, self.out, self.vjp, self.grads, self.g, self.reads = fwd, out, vjp, grads, g, reads
+
+
+class Source:
+    """A primitive's source, checked against its code; ``instantiate`` parses it afresh for each
+    use (no syntax tree is shared between uses, or between threads)."""
+
+    def __init__(self, fn, helper=False):
         try:
             src = textwrap.dedent(inspect.getsource(fn))
         except (OSError, TypeError) as err:
@@ -242,15 +375,15 @@ class Source:
         fdef = ast.parse(src).body[0]
         if not isinstance(fdef, ast.FunctionDef) or fdef.args.posonlyargs or fdef.args.kwarg:
             raise NotInlinable("unsupported signature")
-        body = list(fdef.body)
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-            body = body[1:]                                       # docstring
+        if helper and (fdef.args.vararg or fdef.args.kwonlyargs or fdef.args.defaults):
+            raise NotInlinable("a helper takes plain positional parameters")
+        _check_source(fn)
+        body = self._body(fdef)
         for node in ast.walk(ast.Module(body=body, type_ignores=[])):
             if isinstance(node, (ast.Yield, ast.YieldFrom, ast.Global, ast.Nonlocal, ast.ClassDef,
                                  ast.AsyncFunctionDef, ast.Await, ast.Try, ast.With, ast.While, ast.For)):
                 raise NotInlinable(f"{type(node).__name__} in body")
-        self.fn = fn
-        self.body = body
+        self.fn, self.src = fn, src
         self.params = [a.arg for a in fdef.args.args]
         self.vararg = fdef.args.vararg.arg if fdef.args.vararg else None
         self.kwonly = [a.arg for a in fdef.args.kwonlyargs]
@@ -272,35 +405,44 @@ class Source:
         self.locals = local
         self.assigned_once = {n for n, c in counts.items() if c == 1}
         self.reassigned = {p for p in self.params if counts.get(p, 0) > 1}
-        closure = dict(zip(fn.__code__.co_freevars, (c.cell_contents for c in fn.__closure__ or ())))
-        loads = {n.id for n in ast.walk(ast.Module(body=body, type_ignores=[]))
-                 if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
-        self.outer = {}
-        for name in loads - local:
+        self.free = sorted({n.id for n in ast.walk(ast.Module(body=body, type_ignores=[]))
+                            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - local)
+
+    @staticmethod
+    def _body(fdef):
+        body = list(fdef.body)
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+            body = body[1:]                                       # docstring
+        return body
+
+    def _outer(self):
+        """The current value of every name the body reads from outside: (name, object, where)."""
+        fn = self.fn
+        closure = dict(zip(fn.__code__.co_freevars, fn.__closure__ or ()))
+        found = []
+        for name in self.free:
             if name in closure:
-                self.outer[name] = closure[name]
+                found.append((name, closure[name].cell_contents, closure[name]))
             elif name in fn.__globals__:
-                self.outer[name] = fn.__globals__[name]
+                found.append((name, fn.__globals__[name], fn.__globals__))
             elif hasattr(builtins, name):
-                self.outer[name] = getattr(builtins, name)
+                found.append((name, getattr(builtins, name), None))
             else:
                 raise NotInlinable(f"unknown name {name!r}")
+        return found
 
     def instantiate(self, prefix, operands, static, namespace, shapes=None, ranks=None, literal=None, g_name=None,
                     dtypes=None, constant=None):
         """Code for one use of the primitive.
 
-        operands: one source expression (a variable name) per positional operand.
-        static: keyword argument values (known at compile time; also bound by name at run time
-            as ``<prefix>kw_<name>`` by the caller, see ``static_names``).
-        namespace: dict of names visible to the generated code; the primitive's globals are
-            added to it (renamed if a different object already holds the name).
-        shapes / ranks: compile-time shapes and ranks of the operand variables, for folding.
-        literal: maps a numeric literal used in arithmetic to the name of a constant (see _number).
-        g_name: the name the vjp's cotangent argument should have (default: renamed apart).
-        Returns (forward_lines, out_expr, vjp_lines, vjp_result, g_name), vjp_result being a list
-        of per-operand expressions (None for no gradient) or a single tuple-valued expression.
+        operands: one variable name per positional operand. static: keyword argument values
+        (known now). namespace: names visible to the generated code; the primitive's globals are
+        added (renamed if another object holds the name). shapes / ranks / dtypes: what is known
+        of the operand variables, for folding. literal: maps a numeric literal in arithmetic to
+        the name of a constant (see _number). g_name: the name the vjp's cotangent should have.
         """
+        fdef = ast.parse(self.src).body[0]
+        body = self._body(fdef)
         rename = {name: f"{prefix}{name}" for name in self.locals}
         known = {}
         for name in self.kwonly:
@@ -309,14 +451,19 @@ class Source:
                 raise NotInlinable(f"missing keyword {name}")
             known[rename[name]] = value
         functions = {}
-        for name, obj in self.outer.items():
+        reads = []
+
+        def bind(name, obj, where):
             target = name
             n = 0
             while target in namespace and namespace[target] is not obj:
                 n += 1
                 target = f"{name}_{n}"
             namespace[target] = obj
-            rename[name] = target
+            reads.append((name, obj, where))
+            return target
+        for name, obj, where in self._outer():
+            rename[name] = target = bind(name, obj, where)
             functions[target] = obj
         prelude = []
         n_fixed = len(self.params)
@@ -324,14 +471,29 @@ class Source:
             raise NotInlinable("operand count")
         for name, expr in zip(self.params, operands[:n_fixed]):
             if name in self.reassigned:
-                prelude.append(f"{rename[name]} = {expr}")
+                prelude.append(ast.Assign([ast.Name(rename[name], ast.Store())], ast.Name(expr, ast.Load())))
             else:
                 rename[name] = expr
         if self.vararg is not None:
-            prelude.append(f"{rename[self.vararg]} = ({', '.join(operands[n_fixed:])},)")
-        folder = _Folder(rename, known, dict(shapes or {}), dict(ranks or {}), functions, literal, dtypes, constant)
+            prelude.append(ast.Assign([ast.Name(rename[self.vararg], ast.Store())],
+                                      ast.Tuple([ast.Name(o, ast.Load()) for o in operands[n_fixed:]], ast.Load())))
+        folder = _Folder(rename, known, dict(shapes or {}), dict(ranks or {}), functions, literal, dtypes, constant,
+                         bind)
         folder.single = {rename.get(n, n): True for n in self.assigned_once}
-        body = _fold_block(copy.deepcopy(self.body), folder)
+        body = _fold_block(body, folder)
+        fwd, out_expr, vjp_stmts, result, g = self._split(body)
+        if g_name is not None and g_name != g:             # name the cotangent as the caller asks
+            swap = _Folder({g: g_name}, {}, {}, {}, {})
+            vjp_stmts = [swap.visit(st) for st in vjp_stmts]
+            result = swap.visit(result)
+            g = g_name
+        if isinstance(result, ast.Tuple):
+            result = [None if isinstance(e, ast.Constant) and e.value is None else e for e in result.elts]
+        return Inlined(prelude + fwd, out_expr, vjp_stmts, result, g, reads)
+
+    @staticmethod
+    def _split(body):
+        """(forward statements, output expression, vjp statements, vjp result, cotangent name)."""
         if not body or not isinstance(body[-1], ast.Return):
             raise NotInlinable("body does not end in a return")
         ret = body[-1].value
@@ -352,38 +514,29 @@ class Source:
         else:
             raise NotInlinable("vjp is neither a lambda nor a nested def")
         for node in ast.walk(ast.Module(body=fwd + vjp_stmts, type_ignores=[])):
-            if isinstance(node, (ast.FunctionDef, ast.Return)):
+            if isinstance(node, (ast.FunctionDef, ast.Return, ast.Lambda)):
                 raise NotInlinable("nested function or early return")
-        if g_name is not None and g_name != g:             # name the cotangent as the caller asks
-            swap = _Folder({g: g_name}, {}, {}, {}, {})
-            vjp_stmts = [swap.visit(st) for st in vjp_stmts]
-            result = swap.visit(result)
-            g = g_name
-        if isinstance(result, ast.Tuple):
-            result = [None if isinstance(e, ast.Constant) and e.value is None else ast.unparse(e)
-                      for e in result.elts]
-        else:
-            result = ast.unparse(result)
-        fwd_lines = prelude + [ast.unparse(s) for s in fwd]
-        vjp_lines = [ast.unparse(s) for s in vjp_stmts]
-        return fwd_lines, ast.unparse(out_expr), vjp_lines, result, g
+        return fwd, out_expr, vjp_stmts, result, g
 
     def static_names(self, prefix):
         return {name: f"{prefix}{name}" for name in self.kwonly}
 
 
 _sources = {}
+_lock = threading.Lock()
 
 
-def source_of(fn):
-    """The parsed Source of ``fn`` (cached), or raise NotInlinable."""
-    src = _sources.get(fn)
+def source_of(fn, helper=False):
+    """The checked Source of ``fn`` (cached), or raise NotInlinable."""
+    with _lock:
+        src = _sources.get((fn, helper))
     if src is None:
         try:
-            src = Source(fn)
+            src = Source(fn, helper)
         except NotInlinable as err:
             src = err
-        _sources[fn] = src
+        with _lock:
+            _sources[(fn, helper)] = src
     if isinstance(src, NotInlinable):
         raise src
     return src

@@ -1,0 +1,47 @@
+"""Choosing and caching a backend for a program.
+
+``get(prog, backend)`` returns an object with ``start(prog, reads, xs, T, need) -> Run`` and the
+segment methods ``forward`` and ``backward`` (see ``interpret.py``). Compiled backends are
+cached by the program's structure (``Program.key``), never by its values, under a lock: a
+compiled program is immutable, so threads share it.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from .codegen import compile_numpy
+from .interpret import Interpreter
+
+__all__ = ["get", "clear_cache"]
+
+_CACHE_SIZE = 64
+_cache = OrderedDict()
+_lock = threading.Lock()
+
+
+def get(prog, backend="auto"):
+    if backend == "interpret":
+        return Interpreter(prog)
+    if backend in ("numpy", "auto"):
+        key = prog.key()
+        with _lock:
+            runner = _cache.get(key)
+            if runner is not None:
+                _cache.move_to_end(key)
+        if runner is not None and (not hasattr(runner, "fresh") or runner.fresh()):
+            return runner
+        runner = compile_numpy(prog)          # outside the lock: compiles of distinct programs run at once
+        with _lock:
+            old = _cache.get(key)
+            if old is None or (hasattr(old, "fresh") and not old.fresh()):
+                _cache[key] = old = runner
+            if len(_cache) > _CACHE_SIZE:
+                _cache.popitem(last=False)
+        return old
+    raise ValueError(f"scan: unknown backend {backend!r}")
+
+
+def clear_cache():
+    with _lock:
+        _cache.clear()

@@ -1,0 +1,204 @@
+"""``mg.scan``: trace the body, run the passes, run a backend, record one graph node.
+
+The node holds no reference cycle: the hub's vjp keeps the call's state (what the backend saved
+for backward) and a box for the outputs' gradients, never the outputs themselves; each output's
+node hands its gradient to the box. A forward without backward frees everything by reference
+counting alone.
+
+``checkpoint=k`` runs the steps in segments of k and keeps only each segment's starting carry;
+backward runs each segment's forward again, keeping its tape for just that segment.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine import _epoch, _pin_leaves, active_trace, is_grad_enabled
+from ..gradients import FreshGrad
+from ..tensor import Node, Tensor, _state
+from . import backends
+from .interpret import Interpreter, Run
+from .passes import optimize
+from .trace import flatten, trace, unflatten
+
+__all__ = ["scan", "scan_program"]
+
+BACKENDS = ("auto", "numpy", "interpret")
+
+
+def _check_args(init, xs, length, checkpoint, backend):
+    if active_trace() is not None:
+        raise NotImplementedError("scan: a scan inside a scan body is not supported; unroll the inner loop")
+    init_flat, carry_struct = flatten(init, "init")
+    if carry_struct is None:
+        raise TypeError("scan: init must be a Tensor or a tuple of Tensors")
+    xs_flat, xs_struct = flatten(xs, "xs")
+    if not xs_flat and length is None:
+        raise ValueError("scan: pass xs (time on axis 0) or length= to say how many steps to run")
+    lengths = {x.shape[0] if x.ndim else None for x in xs_flat}
+    if None in lengths:
+        raise ValueError("scan: every xs must have a time axis (axis 0)")
+    if length is not None:
+        if isinstance(length, bool) or not isinstance(length, (int, np.integer)):
+            raise TypeError(f"scan: length must be an int; got {type(length).__name__}")
+        lengths.add(int(length))
+    if len(lengths) != 1:
+        raise ValueError(f"scan: xs (and length) disagree on the number of steps: {sorted(lengths)}")
+    T = lengths.pop()
+    if T < 1:
+        raise ValueError("scan: needs at least one step")
+    if checkpoint is not None and (isinstance(checkpoint, bool) or not isinstance(checkpoint, (int, np.integer))
+                                   or checkpoint < 1):
+        raise ValueError(f"scan: checkpoint must be None or a positive int (steps per segment); got {checkpoint!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"scan: backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
+    return init_flat, carry_struct, xs_flat, xs_struct, T
+
+
+def scan(fn, init, xs=None, length=None, *, checkpoint=None, backend="auto"):
+    """Run ``fn(carry, x_t) -> (carry, y_t)`` over the steps of ``xs``, recorded as one graph node.
+
+    Equivalent to this loop (JAX's ``lax.scan`` contract)::
+
+        carry, ys = init, []
+        for t in range(T):
+            carry, y = fn(carry, xs[t])
+            ys.append(y)
+        return carry, stack(ys)
+
+    Parameters
+    ----------
+    fn : callable
+        The body, written with Tensor ops. It is traced (run once, on step 0) at every call.
+    init : Tensor or tuple of Tensors
+        The initial carry; ``fn`` must return a carry of the same structure, shapes and dtypes.
+    xs : Tensor or tuple of Tensors, optional
+        Step inputs, time on axis 0. ``None`` with ``length``: ``fn`` receives ``None``.
+    length : int, optional
+        The number of steps when there are no ``xs``.
+    checkpoint : int, optional
+        Keep the carry every ``checkpoint`` steps and recompute each segment's forward during
+        backward: memory for about T / k carries plus k steps, about one extra forward of time.
+    backend : {"auto", "numpy", "interpret"}
+        ``"numpy"``: generated straight-line numpy; ``"interpret"``: each primitive called step
+        by step (the reference). ``"auto"``: the fastest available (numpy).
+
+    Returns
+    -------
+    (final_carry, ys): the carry's structure, and ``fn``'s ys stacked on a new axis 0.
+    """
+    init_flat, carry_struct, xs_flat, xs_struct, T = _check_args(init, xs, length, checkpoint, backend)
+    traced = trace(fn, init_flat, xs_flat, carry_struct, xs_struct)
+    prog = optimize(traced.program)
+    runner = backends.get(prog, backend)
+    inputs = init_flat + xs_flat + traced.read_tensors
+    need = is_grad_enabled() and any(t.requires_grad for t in inputs)
+    arrays = ([t._data for t in traced.read_tensors], [x._data for x in xs_flat], [c._data for c in init_flat])
+    run = runner.start(prog, arrays[0], arrays[1], T, need)
+    Y, carry = runner.outputs(prog, T, list(arrays[2]))
+    carry, segments = _forward(runner, run, T, carry, need, checkpoint, Y)
+    outs = [Tensor(np.asarray(a)) for a in (*carry, *Y)]
+    if need:
+        vjp = LoopedVJP(runner, run, segments, T, checkpoint, [(c.shape, c.dtype) for c in carry],
+                        (traced, arrays, init_flat + xs_flat))
+        _record(vjp, inputs, outs)
+    n = len(carry)
+    return unflatten(outs[:n], carry_struct), unflatten(outs[n:], traced.ys_struct)
+
+
+def _forward(runner, run, T, carry, need, checkpoint, Y):
+    """Run all segments; returns the final carry and, per segment, (t0, t1, carry at t0, tape)."""
+    k = T if checkpoint is None else int(checkpoint)
+    keep = need and k >= T
+    segments = []
+    for t0 in range(0, T, k):
+        t1 = min(t0 + k, T)
+        start = carry
+        carry, tape = runner.forward(run, t0, t1, carry, keep, Y)
+        if need:
+            segments.append((t0, t1, None if keep else start, tape))
+    return carry, segments
+
+
+class LoopedVJP:
+    """The hub's vjp: the backward of the whole loop. Holds the call's saved state and the box
+    its outputs' nodes put their gradients in; never the outputs."""
+
+    reports_contributions = True
+    __slots__ = ("runner", "run", "segments", "T", "checkpoint", "carry_like", "box", "replay")
+
+    def __init__(self, runner, run, segments, T, checkpoint, carry_like, replay):
+        self.runner, self.run, self.segments, self.T = runner, run, segments, T
+        self.checkpoint, self.carry_like, self.replay = checkpoint, carry_like, replay
+        self.box = [None] * (len(carry_like) + len(run.prog.ys_out))
+
+    def __call__(self, _):
+        box, n = self.box, len(self.carry_like)
+        g_carry, GY = box[:n], box[n:]
+        self.box = [None] * len(box)
+        recorder = _state.recorder
+        traced, arrays, tensors = self.replay
+        if recorder is not None and any(id(t) in recorder.watch for t in (*tensors, *traced.read_tensors)):
+            grads = self._recording(recorder, g_carry, GY)
+        else:
+            runner, run = self.runner, self.run
+            for t0, t1, start, tape in reversed(self.segments):
+                if tape is None:                       # checkpointed: run the segment again, keeping it
+                    _, tape = runner.forward(run, t0, t1, start, True)
+                g_carry = runner.backward(run, t0, t1, tape, g_carry, GY)
+            grads = _grads(run.finish(g_carry))
+        if not _state.retain_graph:                    # release the saved state now
+            self.run = self.segments = self.replay = None
+        return grads
+
+    def _recording(self, recorder, g_carry, GY):
+        """Backward while contributions are recorded: run the loop again through the interpreter,
+        nothing hoisted, so each step reports its share of every read tensor's gradient."""
+        traced, (reads, xs, init), tensors = self.replay
+        prog = optimize(traced.program, hoist=False)
+        interp = Interpreter(prog)
+        run = Run(prog, reads, xs, self.T, True, recorder, traced.read_tensors)
+        _, tape = interp.forward(run, 0, self.T, list(init), True)
+        g_carry = interp.backward(run, 0, self.T, tape, g_carry, GY)
+        grads = _grads(run.finish(g_carry))
+        for i, (x, g) in enumerate(zip(tensors, grads)):
+            if g is not None and id(x) in recorder.watch:
+                recorder.add(x, "scan", None if i < len(init) else "all", g)
+        return grads
+
+
+def _grads(result):
+    """One gradient per input of the hub: init's, each xs's, each read tensor's (buffers the
+    backend allocated: the engine may keep them without a copy)."""
+    g_init, g_xs, g_reads = result
+    return (*g_init, *g_xs, *[g if g is None else FreshGrad(g) for g in g_reads])
+
+
+class _Take:
+    """An output's vjp: put its gradient in the hub's box (summing if it arrives twice)."""
+
+    __slots__ = ("vjp", "n")
+    _empty = np.empty(0)
+
+    def __init__(self, vjp, n):
+        self.vjp, self.n = vjp, n
+
+    def __call__(self, g):
+        box = self.vjp.box
+        box[self.n] = g if box[self.n] is None else box[self.n] + g
+        return (self._empty,)
+
+
+def _record(vjp, inputs, outs):
+    pins = _pin_leaves(inputs)                    # the leaves' arrays stay read-only while the hub lives
+    hub = Node([(t._node or t) if t.requires_grad else None for t in inputs], vjp, "scan", _epoch[0],
+               _state.step, (0,), np.dtype(np.float64), pins)
+    for n, t in enumerate(outs):
+        t.requires_grad = True
+        t._node = Node((hub,), _Take(vjp, n), "scan.output", hub._epoch, hub._step, t._data.shape, t._data.dtype)
+
+
+def scan_program(fn, init, xs=None, length=None):
+    """The program ``mg.scan(fn, init, xs, length)`` runs, after its passes: ``print()`` it to see
+    the forward loop body, what is hoisted before the loop, the reverse loop and what is deferred."""
+    init_flat, carry_struct, xs_flat, xs_struct, _ = _check_args(init, xs, length, None, "auto")
+    return optimize(trace(fn, init_flat, xs_flat, carry_struct, xs_struct).program)
