@@ -34,8 +34,8 @@ import numpy as np
 
 from .. import functional as F
 from ..engine import gc_paused, timestep
-from ..random import get_rng
 from ..looped.node import BACKENDS, scan
+from ..random import get_rng
 from ..tensor import Tensor
 from . import init
 from .functional import dropout as _dropout
@@ -263,7 +263,7 @@ class _Layer(_Recurrent):
         who = type(self).__name__
         if checkpoint is not None and (isinstance(checkpoint, bool) or not isinstance(checkpoint, numbers.Integral)
                                        or checkpoint < 1):
-            raise ValueError(f"{who}: checkpoint must be None or a positive int (steps per segment); got {checkpoint!r}")
+            raise ValueError(f"{who}: checkpoint must be None or a positive int (steps a segment); got {checkpoint!r}")
         if backend not in BACKENDS:
             raise ValueError(f"{who}: backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
         self.checkpoint, self.backend = checkpoint, backend
