@@ -12,15 +12,35 @@ from collections import OrderedDict
 
 from .codegen import compile_numpy
 from .interpret import Interpreter
+from .passes import optimize
 
 __all__ = ["get", "clear_cache"]
 
 _CACHE_SIZE = 64
-_cache = OrderedDict()
+_cache = OrderedDict()         # Program.key() -> compiled backend
+_templates = OrderedDict()     # (a trace's key, interpreting?) -> (the program after its passes, its backend)
 _lock = threading.Lock()
 
 
+def lookup(traced, backend="auto"):
+    """The program (after its passes) and the backend that runs it, for a call just traced:
+    compiled once per structure (``traced.key``), the template rebound to this call's values."""
+    key = (traced.key, backend == "interpret")
+    with _lock:
+        entry = _templates.get(key)
+    if entry is not None and (not hasattr(entry[1], "fresh") or entry[1].fresh()):
+        return entry[0].rebind(traced.program), entry[1]
+    prog = optimize(traced.marked())
+    runner = get(prog, backend)
+    with _lock:
+        _templates[key] = (prog, runner)
+        if len(_templates) > _CACHE_SIZE:
+            _templates.popitem(last=False)
+    return prog, runner
+
+
 def get(prog, backend="auto"):
+    """The backend for ``prog`` (compiled backends cached by its structure)."""
     if backend == "interpret":
         return Interpreter(prog)
     if backend in ("numpy", "auto"):
@@ -45,3 +65,4 @@ def get(prog, backend="auto"):
 def clear_cache():
     with _lock:
         _cache.clear()
+        _templates.clear()

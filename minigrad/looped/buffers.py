@@ -23,6 +23,10 @@ import numpy as np
 
 __all__ = ["reuse", "flatten", "Groups"]
 
+# elements: below this a new array is as cheap as reusing one (numpy keeps small allocations in a
+# cache), and ``np.<ufunc>(a, b, out=c)`` costs a keyword call where ``a * b`` costs none
+MIN_ELEMENTS = 1024
+
 _UFUNC_OF = {ast.Add: "add", ast.Sub: "subtract", ast.Mult: "multiply", ast.Div: "true_divide"}
 _ALLOC = {"empty", "empty_like", "zeros", "zeros_like"}
 _VIEWS = {"reshape", "transpose", "swapaxes"}
@@ -151,10 +155,14 @@ def _place(expr, name, i, info, groups, dead_after, prefer):
     if want is None or want[0] == ():
         return None                        # numpy gives 0-d results as scalars: no buffer to write
     if isinstance(expr, ast.BinOp) and type(expr.op) in _UFUNC_OF:
+        if _small(want[0]):
+            return None
         args, kwargs, fn = [expr.left, expr.right], [], _UFUNC_OF[type(expr.op)]
     elif _is_ufunc_call(expr):
         out = [k.value for k in expr.keywords if k.arg == "out"]
         if out and _np_call(out[0], _ALLOC) is None:
+            return None
+        if not out and _small(want[0]):      # an explicit allocation is worth replacing at any size
             return None
         args, kwargs, fn = list(expr.args), [k for k in expr.keywords if k.arg != "out"], expr.func.attr
     else:
@@ -169,6 +177,10 @@ def _place(expr, name, i, info, groups, dead_after, prefer):
                         kwargs + [ast.keyword("out", ast.Name(c, ast.Load()))])
         return call, g
     return None
+
+
+def _small(shape):
+    return "n" not in shape and int(np.prod(shape)) < MIN_ELEMENTS
 
 
 def _infer(expr, info):
@@ -203,7 +215,7 @@ def flatten(stmts, info, prefix="_t"):
         if isinstance(expr, ast.BinOp) and type(expr.op) in _UFUNC_OF:
             expr.left, expr.right = lift(expr.left), lift(expr.right)
             known = _infer(expr, info)
-            if known is not None and isinstance(known[1], np.dtype):
+            if known is not None and isinstance(known[1], np.dtype) and not _small(known[0]):
                 name = f"{prefix}{count[0]}"
                 count[0] += 1
                 info[name] = known

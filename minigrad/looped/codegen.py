@@ -27,7 +27,7 @@ import numpy as np
 from .. import ops
 from ..gradients import FreshGrad, IndexedGrad, OuterGrad, add_into, dense
 from ..tensor import _state
-from .buffers import _UFUNC_OF, Groups, _is_ufunc_call, flatten, reuse
+from .buffers import _UFUNC_OF, Groups, _is_ufunc_call, _np_call, flatten, reuse
 from .inline import NotInlinable, foldable, source_of
 from .interpret import Interpreter
 from .passes import batched_static
@@ -224,7 +224,9 @@ class _Builder:
         prefix = f"_{k}{ctx[0]}_"
         inl = src.instantiate(prefix, operands, static, self.ns, shapes, ranks, self._literal(e.out.dtype), g_name,
                               dtypes, self._constant)
-        self.reads += inl.reads
+        for r in inl.reads:
+            if r[2] is not None and not any(r[0] == q[0] and r[2] is q[2] for q in self.reads):
+                self.reads.append(r)
         grads = inl.grads if isinstance(inl.grads, list) else [inl.grads]
         used = _names(inl.fwd + inl.vjp + [inl.out] + [g for g in grads if g is not None], ast.Load)
         for name, renamed in src.static_names(prefix).items():
@@ -414,6 +416,9 @@ class _Reverse:
         self.ge = {}             # env var id -> accumulator GE{id}, summed over all steps
         self.ge_owned = set()    # env var ids whose accumulator this code allocated
         self.escape = set()      # names stored beyond the step (lists, the next step's carry gradient)
+        self.aliased = set()     # gradients bound to a second name
+        self.root = {}           # a gradient name bound to another's array -> that first name
+        self.lists = {}          # per-step list name -> the gradient it keeps a step's array of
         self.phase = "loop"
 
     def _shape(self, v, stacked):
@@ -441,6 +446,10 @@ class _Reverse:
             have[x.id] = True
             return
         fresh = kind == "dense" and _fresh(expr)
+        if isinstance(expr, ast.Name):
+            self.aliased.add(expr.id)                  # two names for one array from here on
+            if x.id not in have and not stacked:
+                self.root[g] = self.root.get(expr.id, expr.id)
         if not certain:
             expr = _call("_fit", expr, shape, dtype)
         if x.id not in have:
@@ -451,6 +460,7 @@ class _Reverse:
         else:
             out.append(_assign(g, ast.BinOp(_load(g), ast.Add(), expr)))
             have[x.id] = True
+            self.root.pop(g, None)                     # a new array: no longer the one it was bound to
 
     def _add_env(self, x, expr, kind):
         """A read value's gradient, summed over all steps: zeros before the loop when a step adds
@@ -520,10 +530,7 @@ class _Reverse:
                 gj = (gj.args[0], gj.args[1])
             self.add(x, gj, kind, certain=kinds is not None and not stacked and _certain(e, j))
         if deferred:
-            self.pre.append(_assign(f"DG{k}", ast.BinOp(ast.List([_const(None)], ast.Load()), ast.Mult(),
-                                                        _load("n"))))
-            self.loop.append(_assign(_item(f"DG{k}", "i", ast.Store), _load(g)))
-            self.escape.add(g)
+            self.lists[f"DG{k}"] = g
 
     def _kind(self, g):
         if isinstance(g, ast.Call) and isinstance(g.func, ast.Name) and len(g.args) == 2 and not g.keywords:
@@ -546,24 +553,40 @@ class _Reverse:
                 self.loop.append(_assign(f"gc{j}", _load(f"Z{j}")))
         for i in self.b.stacked_ids:
             if i in self.have:
-                self.pre.append(_assign(f"LH{i}", ast.BinOp(ast.List([_const(None)], ast.Load()), ast.Mult(),
-                                                            _load("n"))))
-                self.loop.append(_assign(_item(f"LH{i}", "i", ast.Store), _load(f"g{i}")))
-                self.escape.add(f"g{i}")
+                self.lists[f"LH{i}"] = f"g{i}"
+        self.same = {}                                 # list name -> an earlier list holding the same arrays
+        kept = {}
+        for name, g in self.lists.items():
+            root = self.root.get(g, g)
+            if root in kept:
+                self.same[name] = kept[root]
+                continue
+            kept[root] = name
+            self.pre.append(_assign(name, ast.BinOp(ast.List([_const(None)], ast.Load()), ast.Mult(), _load("n"))))
+            self.loop.append(_assign(_item(name, "i", ast.Store), _load(g)))
+            self.escape.add(g)
 
     def after_loop(self):
         """The stacked rows, the deferred products, then the hoisted equations' vjps."""
         self.phase = "stacked"
+        stacked = {}                                   # list name -> the name of its stacked array
+
+        def stack(name):
+            first = self.same.get(name, name)
+            if first not in stacked:
+                stacked[first] = f"ST_{first}"
+                self.post.append(_assign(stacked[first], _call("_stack", _load(first))))
+            return _load(stacked[first])
         for i in self.b.stacked_ids:
             if i in self.have:
-                self.add(self.b.vars[i], _call("_stack", _load(f"LH{i}")), "dense", certain=True)
+                self.add(self.b.vars[i], stack(f"LH{i}"), "dense", certain=True)
         for k, inl in self.b.deferred.items():
             e = self.b.prog.eqns[k]
             if e.out.id not in self.have:
                 continue
             (j,) = e.deferred
             self.post.append(_assign(f"DA{k}", _call("_stack", _load(f"DL{k}"))))
-            self.post.append(_assign(f"DGS{k}", _call("_stack", _load(f"DG{k}"))))
+            self.post.append(_assign(f"DGS{k}", stack(f"DG{k}")))
             self.post += copy.deepcopy(inl.fwd + inl.vjp)
             grads = copy.deepcopy(inl.grads)
             g = grads[j] if isinstance(grads, list) else _item(grads, _const(j))
@@ -596,10 +619,50 @@ def _reverse(b, pattern):
     return r
 
 
+def _disjoint_slices(b, shape, indices):
+    """Do these static indices (names bound per call, values fixed by the structure) write each
+    element of an array of ``shape`` at most once?"""
+    hits = np.zeros(shape, np.int8)
+    for index in indices:
+        if not (isinstance(index, ast.Name) and index.id in b.binders):
+            return False
+        try:
+            hits[b.binders[index.id](b.prog)] += 1
+        except (IndexError, TypeError, ValueError):
+            return False
+    return bool((hits <= 1).all())
+
+
+def _one_buffer_for_slices(r, b):
+    """A step's gradient built from slices that do not overlap (an LSTM's gates) needs no zeros
+    per step: one zeroed buffer before the loop, each slice assigned at every step (the same
+    slices: what no slice writes stays zero). Only for a gradient that never gets a second name
+    or leaves the step, so the next step may overwrite it."""
+    loop = r.loop
+    for i, st in enumerate(loop):
+        if not (isinstance(st, ast.Assign) and isinstance(st.targets[0], ast.Name) and _np_call(st.value, {"zeros"})):
+            continue
+        g = st.targets[0].id
+        if g in r.aliased or g in r.escape or len(st.value.args) != 2:
+            continue
+        adds = [j for j in range(i + 1, len(loop)) if isinstance(loop[j], ast.AugAssign)
+                and isinstance(loop[j].target, ast.Subscript) and isinstance(loop[j].target.value, ast.Name)
+                and loop[j].target.value.id == g]
+        if not adds or any(g in _names([loop[j]], ast.Load) for j in range(i + 1, adds[-1]) if j not in adds):
+            continue
+        if not _disjoint_slices(b, ast.literal_eval(st.value.args[0]), [loop[j].target.slice for j in adds]):
+            continue
+        r.pre.append(_assign(f"ZB_{g}", _call(_attr("np", "zeros"), *st.value.args)))
+        loop[i] = _assign(g, _load(f"ZB_{g}"))
+        for j in adds:
+            loop[j] = _assign(loop[j].target, loop[j].value)
+
+
 def _backward_source(b, pattern, consume, saved, values, groups=None):
     """``backward(K, E, S, GC, GY, n) -> (carry grads, xs grads, env grads)``."""
     prog = b.prog
     r = _reverse(b, pattern)
+    _one_buffer_for_slices(r, b)
     rows = sorted(n for n in _names(r.loop, ast.Load) if n.startswith("h") and n[1:].isdigit())
     restored = [s for s in saved if s in _names(r.loop, ast.Load)]
     restore = [_assign(n, _item(f"H{n[1:]}", "i")) for n in rows]
@@ -671,6 +734,7 @@ class Compiled(Interpreter):
         self.b = b = _Builder(prog, self)
         self.lock = threading.Lock()
         self.functions, self.sources, self.env_owned = {}, {}, {}
+        self._bound = None
         full = tuple(True for _ in prog.ys_out)
         self.saved, self.values = _saved(b, _reverse(b, full))
         tree, self.groups = _forward_source(b, True, True, self.saved, self.values)
@@ -730,7 +794,12 @@ class Compiled(Interpreter):
 
     def start(self, prog, reads, xs, T, need):
         run = super().start(prog, reads, xs, T, need)
-        run.K = tuple(get(prog) for get in self.b.binders.values())
+        last = self._bound                  # a layer's calls share one program: bind its values once
+        if last is not None and last[0] is prog:
+            run.K = last[1]
+        else:
+            run.K = tuple([get(prog) for get in self.b.binders.values()])
+            self._bound = (prog, run.K)
         run.E = tuple(run.env[i] for i in self.b.env_ids)
         return run
 

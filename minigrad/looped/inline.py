@@ -62,7 +62,7 @@ _LITERAL_TYPES = (type(None), bool, int, float, str)
 
 def _literal(value):
     """An AST node for ``value`` if it is a plain literal (or tuple of them), else None."""
-    if isinstance(value, _LITERAL_TYPES):
+    if type(value) in _LITERAL_TYPES:          # exactly: a numpy float64 is a float, but no literal
         return ast.Constant(value)
     if isinstance(value, tuple):
         elts = [_literal(v) for v in value]
@@ -534,9 +534,9 @@ def source_of(fn, helper=False):
         try:
             src = Source(fn, helper)
         except NotInlinable as err:
-            src = err
+            src = err.args
         with _lock:
             _sources[(fn, helper)] = src
-    if isinstance(src, NotInlinable):
-        raise src
+    if type(src) is tuple:      # the reason, not the exception: a kept traceback would keep its frames' arrays
+        raise NotInlinable(*src)
     return src

@@ -86,23 +86,59 @@ def scan(fn, init, xs=None, length=None, *, checkpoint=None, backend="auto"):
     -------
     (final_carry, ys): the carry's structure, and ``fn``'s ys stacked on a new axis 0.
     """
+    return _scan(fn, init, xs, length, checkpoint, backend)
+
+
+class Memo(dict):
+    """A recurrent layer's traces of its own cells, by structure (see ``_scan``). A copy of the
+    layer starts with none of them: they hold compiled programs, not state."""
+
+    def __copy__(self):
+        return Memo()
+
+    def __deepcopy__(self, memo):
+        return Memo()
+
+    def __reduce__(self):
+        return (Memo, ())
+
+
+def _scan(fn, init, xs, length, checkpoint, backend, memo=None, reads=()):
+    """``scan``, and for the recurrent layers a ``memo``: their own cells are pure functions of
+    the carry, the step's inputs and ``reads`` (the parameters), so one trace serves every call
+    of the same structure, the values read by position at each call."""
     init_flat, carry_struct, xs_flat, xs_struct, T = _check_args(init, xs, length, checkpoint, backend)
-    traced = trace(fn, init_flat, xs_flat, carry_struct, xs_struct)
-    prog = optimize(traced.program)
-    runner = backends.get(prog, backend)
-    inputs = init_flat + xs_flat + traced.read_tensors
-    need = is_grad_enabled() and any(t.requires_grad for t in inputs)
-    arrays = ([t._data for t in traced.read_tensors], [x._data for x in xs_flat], [c._data for c in init_flat])
+    grad = is_grad_enabled()
+    key = entry = None
+    if memo is not None:
+        key = (carry_struct, xs_struct, grad, backend,
+               tuple([(t.shape, t.dtype, t.requires_grad) for t in init_flat]),
+               tuple([(t.shape[1:], t.dtype, t.requires_grad) for t in xs_flat]),
+               tuple([(t.shape, t.dtype, t.requires_grad) for t in reads]))
+        entry = memo.get(key)
+    if entry is None:
+        traced = trace(fn, init_flat, xs_flat, carry_struct, xs_struct)
+        prog, runner = backends.lookup(traced, backend)
+        read_tensors, ys_struct, program = traced.read_tensors, traced.ys_struct, traced.marked
+        positions = [next((i for i, r in enumerate(reads) if r is t), None) for t in read_tensors]
+        if memo is not None and None not in positions:
+            memo[key] = (prog, runner, positions, ys_struct, program)
+    else:
+        prog, runner, positions, ys_struct, program = entry
+        read_tensors = [reads[i] for i in positions]
+    inputs = init_flat + xs_flat + read_tensors
+    need = grad and any(t.requires_grad for t in inputs)
+    arrays = ([t._data for t in read_tensors], [x._data for x in xs_flat], [c._data for c in init_flat])
     run = runner.start(prog, arrays[0], arrays[1], T, need)
     Y, carry = runner.outputs(prog, T, list(arrays[2]))
     carry, segments = _forward(runner, run, T, carry, need, checkpoint, Y)
     outs = [Tensor(np.asarray(a)) for a in (*carry, *Y)]
     if need:
         vjp = LoopedVJP(runner, run, segments, T, checkpoint, [(c.shape, c.dtype) for c in carry],
-                        (traced, arrays, init_flat + xs_flat))
+                        (program, read_tensors, arrays, init_flat + xs_flat))
         _record(vjp, inputs, outs)
     n = len(carry)
-    return unflatten(outs[:n], carry_struct), unflatten(outs[n:], traced.ys_struct)
+    return unflatten(outs[:n], carry_struct), unflatten(outs[n:], ys_struct)
 
 
 def _forward(runner, run, T, carry, need, checkpoint, Y):
@@ -136,8 +172,8 @@ class LoopedVJP:
         g_carry, GY = box[:n], box[n:]
         self.box = [None] * len(box)
         recorder = _state.recorder
-        traced, arrays, tensors = self.replay
-        if recorder is not None and any(id(t) in recorder.watch for t in (*tensors, *traced.read_tensors)):
+        _, read_tensors, _, tensors = self.replay
+        if recorder is not None and any(id(t) in recorder.watch for t in (*tensors, *read_tensors)):
             grads = self._recording(recorder, g_carry, GY)
         else:
             runner, run = self.runner, self.run
@@ -153,10 +189,10 @@ class LoopedVJP:
     def _recording(self, recorder, g_carry, GY):
         """Backward while contributions are recorded: run the loop again through the interpreter,
         nothing hoisted, so each step reports its share of every read tensor's gradient."""
-        traced, (reads, xs, init), tensors = self.replay
-        prog = optimize(traced.program, hoist=False)
+        program, read_tensors, (reads, xs, init), tensors = self.replay
+        prog = optimize(program(), hoist=False)
         interp = Interpreter(prog)
-        run = Run(prog, reads, xs, self.T, True, recorder, traced.read_tensors)
+        run = Run(prog, reads, xs, self.T, True, recorder, read_tensors)
         _, tape = interp.forward(run, 0, self.T, list(init), True)
         g_carry = interp.backward(run, 0, self.T, tape, g_carry, GY)
         grads = _grads(run.finish(g_carry))
@@ -201,4 +237,4 @@ def scan_program(fn, init, xs=None, length=None):
     """The program ``mg.scan(fn, init, xs, length)`` runs, after its passes: ``print()`` it to see
     the forward loop body, what is hoisted before the loop, the reverse loop and what is deferred."""
     init_flat, carry_struct, xs_flat, xs_struct, _ = _check_args(init, xs, length, None, "auto")
-    return optimize(trace(fn, init_flat, xs_flat, carry_struct, xs_struct).program)
+    return optimize(trace(fn, init_flat, xs_flat, carry_struct, xs_struct).marked())

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ops import ELEMENTWISE, INDEX, MATMUL, _is_basic
-from .program import Eqn, Program, Var
+from .program import Eqn, Program, Var  # noqa: F401  (Eqn: the passes' unit)
 
 __all__ = ["dce", "stage", "defer", "last_uses", "optimize", "batched_static"]
 
@@ -75,7 +75,7 @@ def stage(prog: Program, hoist: bool = True) -> Program:
         else:
             s = "once"
         where[e.out.id] = s
-        eqns.append(Eqn(e.prim, e.inputs, e.static, e.out, s, e.deferred))
+        eqns.append(e.but(stage=s))
     return prog.replace(eqns=tuple(eqns), passes=prog.passes + ("stage",))
 
 
@@ -91,7 +91,7 @@ def defer(prog: Program) -> Program:
             if (isinstance(w, Var) and w.role == "read" and w.requires_grad and len(w.shape) == 2
                     and isinstance(a, Var) and len(a.shape) >= 2):
                 deferred = (1,)
-        eqns.append(Eqn(e.prim, e.inputs, e.static, e.out, e.stage, deferred))
+        eqns.append(e.but(deferred=deferred) if deferred != e.deferred else e)
     return prog.replace(eqns=tuple(eqns), passes=prog.passes + ("defer",))
 
 

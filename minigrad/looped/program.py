@@ -18,8 +18,6 @@ run it. Programs are immutable: a compiled one can be shared by threads.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-
 import numpy as np
 
 __all__ = ["Var", "Const", "Eqn", "Program"]
@@ -28,24 +26,26 @@ ROLES = ("carry", "x", "read", "local")
 STAGES = ("once", "hoisted", "loop")
 
 
-@dataclass(frozen=True, eq=False)
 class Var:
     """One value of the step: per-step shape and dtype, role, and whether it needs a gradient."""
-    id: int
-    shape: tuple
-    dtype: np.dtype
-    role: str
-    requires_grad: bool = False
+
+    __slots__ = ("id", "shape", "dtype", "role", "requires_grad")
+
+    def __init__(self, id, shape, dtype, role, requires_grad=False):
+        self.id, self.shape, self.dtype, self.role, self.requires_grad = id, shape, dtype, role, requires_grad
 
     def __repr__(self):
         return _name(self)
 
 
-@dataclass(frozen=True, eq=False)
 class Const:
     """A non-Tensor operand: its value is bound at every call (only its type, shape and dtype
     are part of the program's structure)."""
-    value: object
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
 
     def key(self):
         v = self.value
@@ -56,16 +56,23 @@ class Const:
         return type(v)
 
 
-@dataclass(frozen=True, eq=False)
 class Eqn:
-    """``out = prim(*inputs, **static)``. ``deferred``: the operand positions whose gradient is
-    not taken per step but once after the loop (see ``passes.defer``)."""
-    prim: object
-    inputs: tuple
-    static: tuple            # sorted (name, value) pairs
-    out: Var
-    stage: str = "loop"
-    deferred: tuple = ()
+    """``out = prim(*inputs, **static)`` (``static``: sorted (name, value) pairs). ``stage`` (see
+    ``passes.stage``); ``deferred``: the operand positions whose gradient is not taken per step but
+    once after the loop (``passes.defer``); ``origin``: its position in the trace, where each
+    call's constants and static values are read."""
+
+    __slots__ = ("prim", "inputs", "static", "out", "stage", "deferred", "origin")
+
+    def __init__(self, prim, inputs, static, out, stage="loop", deferred=(), origin=None):
+        self.prim, self.inputs, self.static, self.out = prim, inputs, static, out
+        self.stage, self.deferred, self.origin = stage, deferred, origin
+
+    def but(self, **changes):
+        """A copy with some fields changed."""
+        fields = {k: getattr(self, k) for k in self.__slots__}
+        fields.update(changes)
+        return Eqn(**fields)
 
     @property
     def static_dict(self):
@@ -75,19 +82,32 @@ class Eqn:
         return [v for v in self.inputs if isinstance(v, Var)]
 
 
-@dataclass(frozen=True, eq=False)
 class Program:
-    """A traced step: inputs by role, equations, and what the step returns."""
-    carry_in: tuple
-    xs_in: tuple
-    reads: tuple
-    eqns: tuple
-    carry_out: tuple
-    ys_out: tuple
-    passes: tuple = field(default=())       # names of the passes applied, in order
+    """A traced step: inputs by role, equations, what the step returns, and the names of the
+    passes applied to it, in order."""
+
+    __slots__ = ("carry_in", "xs_in", "reads", "eqns", "carry_out", "ys_out", "passes")
+
+    def __init__(self, carry_in, xs_in, reads, eqns, carry_out, ys_out, passes=()):
+        self.carry_in, self.xs_in, self.reads, self.eqns = carry_in, xs_in, reads, eqns
+        self.carry_out, self.ys_out, self.passes = carry_out, ys_out, passes
 
     def replace(self, **changes):
-        return replace(self, **changes)
+        fields = {k: getattr(self, k) for k in self.__slots__}
+        fields.update(changes)
+        return Program(**fields)
+
+    def rebind(self, traced):
+        """This program (a compiled template) with the constants and static values of ``traced``,
+        a program of the same structure just traced (read through each equation's origin)."""
+        eqns = []
+        for e in self.eqns:
+            now = traced.eqns[e.origin]
+            if any(type(x) is Const for x in now.inputs) or _holds_array(now.static):
+                e = e.but(inputs=tuple([n if type(n) is Const else x for x, n in zip(e.inputs, now.inputs)]),
+                          static=now.static)
+            eqns.append(e)
+        return self.replace(eqns=tuple(eqns))
 
     def consts(self):
         """Every Const operand, in equation order (the values a call binds)."""
@@ -119,22 +139,36 @@ class Program:
 _ATOMS = (bool, int, float, str, type(None), type(Ellipsis))
 
 
+def _holds_array(static):
+    """Does a static value hold an array (bound per call: only its shape and dtype are structure)?"""
+    for v in static:
+        if isinstance(v, np.ndarray) or (isinstance(v, tuple) and _holds_array(v)):
+            return True
+    return False
+
+
 def _freeze(v):
     """A hashable stand-in for a static argument, equal exactly when code folding it in would be
     the same (arrays count by shape and dtype: their values are bound per call)."""
-    if isinstance(v, _ATOMS) or isinstance(v, np.dtype):
-        return (type(v), v)
-    if isinstance(v, tuple):
-        return tuple(_freeze(e) for e in v)
-    if isinstance(v, slice):
+    t = type(v)
+    if t in _ATOM_TYPES:
+        return (t, v)
+    if t is tuple:
+        return tuple([_freeze(e) for e in v])
+    if t is slice:
         return (slice, _freeze(v.start), _freeze(v.stop), _freeze(v.step))
-    if isinstance(v, np.ndarray):
+    if t is np.ndarray:
         return ("array", v.shape, v.dtype)
+    if isinstance(v, np.dtype):
+        return (np.dtype, v)
     if isinstance(v, np.generic):
         return ("scalar", v.dtype, v.item())
     if isinstance(v, type):
         return ("type", v)
-    return ("object", type(v), repr(v))
+    return ("object", t, repr(v))
+
+
+_ATOM_TYPES = frozenset(_ATOMS)
 
 
 # ---------------------------------------------------------------------------- the listing

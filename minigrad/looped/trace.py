@@ -12,7 +12,7 @@ import numpy as np
 
 from ..engine import is_grad_enabled, no_grad
 from ..tensor import Tensor, _state
-from .program import Const, Eqn, Program, Var
+from .program import Const, Eqn, Program, Var, _freeze
 
 __all__ = ["Traced", "trace", "flatten", "unflatten"]
 
@@ -25,6 +25,7 @@ class Recorder:
         self.alive = []
         self.reads = []           # (Var, Tensor) for tensors read from outside the body
         self.eqns = []
+        self.key = []             # the structure of each equation, as it is recorded
 
     def new(self, t, role):
         v = Var(len(self.alive), t._data.shape, t._data.dtype, role)
@@ -44,9 +45,12 @@ class Recorder:
         return v is not None and v.role != "read"
 
     def record(self, prim, args, kwargs, out):
-        inputs = tuple(self.var(a) if isinstance(a, Tensor) else Const(a) for a in args)
-        static = tuple(sorted(((k, v) for k, v in kwargs.items() if k != "needs_grad"), key=lambda kv: kv[0]))
-        self.eqns.append(Eqn(prim, inputs, static, self.new(out, "local")))
+        inputs = tuple([self.var(a) if isinstance(a, Tensor) else Const(a) for a in args])
+        static = tuple(sorted([(k, v) for k, v in kwargs.items() if k != "needs_grad"]))
+        v = self.new(out, "local")
+        self.key.append((prim, tuple([x.id if type(x) is Var else x.key() for x in inputs]), _freeze(static),
+                         v.shape, v.dtype))
+        self.eqns.append(Eqn(prim, inputs, static, v, origin=len(self.eqns)))
 
 
 def flatten(tree, what):
@@ -73,13 +77,20 @@ def _tensor(t, what):
 
 
 class Traced:
-    """A trace's result: the program (no passes applied), the Tensors its ``read`` variables
-    stand for (in order), and the structure of the ys the body returns."""
+    """A trace's result: the program as recorded (no passes applied; which variables need a
+    gradient is not marked yet: ``marked()``), the Tensors its ``read`` variables stand for (in
+    order), the structure of the ys the body returns, and ``key``: the program's structure and
+    what needs a gradient, equal for two traces exactly when one compiled program serves both."""
 
-    __slots__ = ("program", "read_tensors", "ys_struct")
+    __slots__ = ("program", "read_tensors", "ys_struct", "key", "seeds")
 
-    def __init__(self, program, read_tensors, ys_struct):
-        self.program, self.read_tensors, self.ys_struct = program, read_tensors, ys_struct
+    def __init__(self, program, read_tensors, ys_struct, key, seeds):
+        self.program, self.read_tensors, self.ys_struct, self.key, self.seeds = (program, read_tensors, ys_struct,
+                                                                                  key, seeds)
+
+    def marked(self):
+        """The program with every variable's ``requires_grad``."""
+        return _requires_grad(self.program, self.seeds)
 
 
 def trace(fn, init, xs, carry_struct, xs_struct) -> Traced:
@@ -115,7 +126,9 @@ def trace(fn, init, xs, carry_struct, xs_struct) -> Traced:
     seeds.update({v.id: grad and t.requires_grad for v, t in zip(carry_vars, init)})
     prog = Program(tuple(carry_vars), tuple(x_vars), tuple(v for v, _ in rec.reads), tuple(rec.eqns),
                    tuple(carry_out), tuple(ys_out))
-    return Traced(_requires_grad(prog, seeds), [t for _, t in rec.reads], ys_struct)
+    head = tuple([(v.role, v.shape, v.dtype, seeds[v.id]) for v in (*carry_vars, *x_vars, *prog.reads)])
+    key = (head, tuple(rec.key), tuple([v.id for v in carry_out]), tuple([v.id for v in ys_out]))
+    return Traced(prog, [t for _, t in rec.reads], ys_struct, key, seeds)
 
 
 def _requires_grad(prog, seeds):
@@ -139,6 +152,6 @@ def _requires_grad(prog, seeds):
         if v.id not in new:
             new[v.id] = Var(v.id, v.shape, v.dtype, v.role, bool(rg.get(v.id)))
         return new[v.id]
-    eqns = tuple(Eqn(e.prim, tuple(mark(x) for x in e.inputs), e.static, mark(e.out)) for e in prog.eqns)
+    eqns = tuple(e.but(inputs=tuple(mark(x) for x in e.inputs), out=mark(e.out)) for e in prog.eqns)
     return Program(tuple(map(mark, prog.carry_in)), tuple(map(mark, prog.xs_in)), tuple(map(mark, prog.reads)),
                    eqns, tuple(map(mark, prog.carry_out)), tuple(map(mark, prog.ys_out)))

@@ -10,8 +10,9 @@ first axis to their last. Three things call it:
   ordinary accumulation sums every step's contribution into each parameter's ``.grad``;
 * the layers with ``unroll=False`` (the default): ``mg.scan`` over the same function, one graph
   node whatever the length, compiled from the same primitives, with the same gradients. The
-  cell is traced at every call (a random draw in it, or a recurrent-dropout mask, is made
-  afresh) and its compiled program is reused while its structure stays the same.
+  library's own cells are pure, so a layer traces them once per structure and binds the
+  parameters (and the recurrent-dropout mask) afresh at every call; a cell a subclass overrides
+  is traced at every call, so a random draw in it is made afresh.
 
 Stacked and bidirectional layers run one such loop per layer and direction (``_Layer._run``);
 the backward direction is the same loop over the time-reversed sequence and mask.
@@ -34,7 +35,7 @@ import numpy as np
 
 from .. import functional as F
 from ..engine import gc_paused, timestep
-from ..looped.node import BACKENDS, scan
+from ..looped.node import BACKENDS, Memo, _scan
 from ..random import get_rng
 from ..tensor import Tensor
 from . import init
@@ -267,6 +268,7 @@ class _Layer(_Recurrent):
         if backend not in BACKENDS:
             raise ValueError(f"{who}: backend must be one of {', '.join(map(repr, BACKENDS))}; got {backend!r}")
         self.checkpoint, self.backend = checkpoint, backend
+        self._memo = Memo()      # looped mode: the traces of the library's own cells, by structure
         for name, p in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
             if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
                 raise ValueError(f"{who}: {name} must be a probability in [0, 1), got {p!r}")
@@ -373,7 +375,10 @@ class _Layer(_Recurrent):
                     ys.append(y)
             ys = F.stack(ys[::-1] if reverse else ys, 0) if want_ys else None
         else:
-            state, ys = scan(body, state, xs, checkpoint=self.checkpoint, backend=self.backend)
+            # the library's own cells are pure: one trace serves every call of the same structure
+            pure = step in (lstm_step, gru_step, rnn_step)
+            state, ys = _scan(body, state, xs, None, self.checkpoint, self.backend,
+                              self._memo.setdefault((step, want_ys), {}) if pure else None, (*params, *extra))
             ys = ys[::-1] if reverse and want_ys else ys
         return state, ys
 
