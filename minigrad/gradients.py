@@ -130,7 +130,7 @@ class GradTable:
     ``mg.record_contributions``) is told every watched key's share as it arrives.
     """
 
-    __slots__ = ("grads", "owned", "outer", "shared", "anomaly", "recorder")
+    __slots__ = ("grads", "owned", "outer", "shared", "anomaly", "recorder", "plain")
 
     def __init__(self, anomaly=False, recorder=None):
         self.grads = {}
@@ -138,21 +138,32 @@ class GradTable:
         self.outer = {}          # key -> _Outer, for keys that collect outer products
         self.shared = []         # the last concatenation of gradients (see _Outer.flush)
         self.anomaly, self.recorder = anomaly, recorder
+        self.plain = not anomaly and recorder is None     # nothing to check or report on the way
 
     def add(self, key, g, shape, dtype, op="", step=None, outer=False, report=True):
         """Add ``g`` (a vjp's gradient for an input of ``shape`` and ``dtype``) under ``key``.
         ``outer``: the key may keep OuterGrads to multiply out stacked (a leaf's). ``report``:
         tell the recorder (False where the vjp reports its own shares: a scan's)."""
-        if not report:
+        t = type(g)
+        if t is np.ndarray and self.plain and g.shape == shape and (g.dtype is dtype or g.dtype == dtype):
+            prev = self.grads.get(key)               # the common case, without a call more than needed
+            if prev is None:
+                self.grads[key] = g
+            elif id(prev) in self.owned:
+                np.add(prev, g, out=prev)
+            else:
+                self._sum(key, g, False)
+            return
+        if not report and self.recorder is not None:
             rec, self.recorder = self.recorder, None
             try:
                 return self.add(key, g, shape, dtype, op, step, outer)
             finally:
                 self.recorder = rec
-        t = type(g)
         if t is OuterGrad:
             if outer and g.a.ndim == 2 and g.g.ndim == 2 and not self.anomaly:
-                self._report(key, op, step, g.dense)
+                if self.recorder is not None:
+                    self._report(key, op, step, g.dense)
                 acc = self.outer.get(key)
                 if acc is None:
                     acc = self.outer[key] = _Outer()
@@ -160,11 +171,13 @@ class GradTable:
                 return
             g, t = g.dense(), np.ndarray
         if t is IndexedGrad:
-            self._report(key, op, step, lambda: g.dense(shape, dtype))
+            if self.recorder is not None:
+                self._report(key, op, step, lambda: g.dense(shape, dtype))
             buf = self.grads.get(key)
             if buf is None or id(buf) not in self.owned:
                 buf = np.zeros(shape, dtype) if buf is None else np.array(buf)
-                self._own(key, buf)
+                self.grads[key] = buf
+                self.owned.add(id(buf))
             if self.anomaly:
                 check_finite(np.asarray(g.grad), f"backward of op '{op}'")
             buf[g.index] += g.grad
@@ -184,7 +197,8 @@ class GradTable:
             g = g.astype(dtype)
         if self.anomaly:
             check_finite(g, f"backward of op '{op}'")
-        self._report(key, op, step, lambda: g)
+        if self.recorder is not None:
+            self._report(key, op, step, lambda: g)
         self._sum(key, g, fresh)
 
     def _sum(self, key, g, fresh):
@@ -215,6 +229,8 @@ class GradTable:
         owned = g is not None and id(g) in self.owned
         if owned:
             self.owned.discard(id(g))        # ids are unique only among live arrays: forget it now
+        if not self.outer:
+            return g, owned
         acc = self.outer.pop(key, None)
         if acc is not None:
             acc.flush(self.shared)
