@@ -194,8 +194,25 @@ def _operand(x):
     return repr(v)
 
 
+def _index_part(v):
+    if v is Ellipsis:
+        return "..."
+    if isinstance(v, slice):
+        text = ("" if v.start is None else str(v.start)) + ":" + ("" if v.stop is None else str(v.stop))
+        return text + ("" if v.step is None else f":{v.step}")
+    if isinstance(v, np.ndarray):
+        return f"<{v.dtype.name}{list(v.shape)}>"
+    return repr(v)
+
+
 def _static(e):
-    parts = [f"{k}={v!r}" for k, v in e.static]
+    parts = []
+    for k, v in e.static:
+        if k == "index":
+            v = v if isinstance(v, tuple) else (v,)
+            parts.append(f"[{', '.join(_index_part(i) for i in v)}]")
+        else:
+            parts.append(f"{k}={v!r}")
     return (", " + ", ".join(parts)) if parts else ""
 
 
