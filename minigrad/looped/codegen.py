@@ -132,6 +132,7 @@ class _Builder:
         self.prog, self.interp = prog, interp
         self.ns = {"np": np, "_fit": dense, "_add_into": add_into, "_stack": _stack_steps, "_IndexedGrad": IndexedGrad}
         self.binders = {}            # name -> function(prog) giving this call's value
+        self.constants, self.keep = {}, []
         self.reads = []              # (name, object, where): globals the inlined code captured
         self.env_ids = [v.id for v in prog.reads] + [e.out.id for e in prog.eqns if e.stage == "once"]
         self.stacked_ids = list(interp.loop_reads_stacked)
@@ -184,12 +185,12 @@ class _Builder:
 
     def _constant(self, value):
         """A name for a compile-time object without a literal form (a dtype, a constant array)."""
-        for name, v in self.ns.items():
-            if name.startswith("C_obj") and type(v) is type(value) and (
-                    v is value if isinstance(v, np.ndarray) else v == value):
-                return name
-        name = f"C_obj{sum(n.startswith('C_obj') for n in self.ns)}"
-        self.ns[name] = value
+        key = ("array", id(value)) if isinstance(value, np.ndarray) else (type(value), value)
+        name = self.constants.get(key)
+        if name is None:
+            name = self.constants[key] = f"C_obj{len(self.constants)}"
+            self.ns[name] = value
+            self.keep.append(value)          # an array's id stays its own while the program lives
         return name
 
     def _literal(self, dtype):
@@ -663,8 +664,9 @@ def _backward_source(b, pattern, consume, saved, values, groups=None):
     prog = b.prog
     r = _reverse(b, pattern)
     _one_buffer_for_slices(r, b)
-    rows = sorted(n for n in _names(r.loop, ast.Load) if n.startswith("h") and n[1:].isdigit())
-    restored = [s for s in saved if s in _names(r.loop, ast.Load)]
+    reads = _names(r.loop, ast.Load)
+    rows = sorted(n for n in reads if n.startswith("h") and n[1:].isdigit())
+    restored = [s for s in saved if s in reads]
     restore = [_assign(n, _item(f"H{n[1:]}", "i")) for n in rows]
     restore += [_assign(s, _call(_attr(f"S_{s}", "pop")) if consume else _item(f"S_{s}", "i")) for s in restored]
     loop = restore + r.loop
