@@ -29,7 +29,7 @@ from minigrad.looped import backends  # noqa: E402
 def chain_body(n_ops, W, a):
     """A body of about ``n_ops`` primitives: blocks of (matmul, add, tanh, multiply, subtract)."""
     def body(h, x):
-        for k in range(max(1, n_ops // 5)):
+        for _ in range(max(1, n_ops // 5)):
             z = (h @ W + x).tanh()
             h = z * a - h * 0.5
         return h, h
