@@ -1,7 +1,8 @@
-"""minigrad models and weights to and from PyTorch.
+"""minigrad models and weights to and from PyTorch and Keras.
 
-Whole models: ``to_torch(model)`` and ``from_torch(module)`` (at the end of this file; they import
-torch when called). Recurrent weights: PyTorch's ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` layout.
+Whole models: ``to_torch(model)`` and ``from_torch(module)``; ``from_keras(keras_model)`` and
+Keras 3 ``.weights.h5`` files (``load_keras_weights``, ``save_keras_weights``). Each imports torch,
+keras or h5py only when called. Below: PyTorch's recurrent weight layout.
 
 minigrad (like Keras) keeps row-vector weights: ``U`` (input, kH), ``W`` (H, kH). PyTorch keeps
 ``weight_ih_l0`` (kH, input) and ``weight_hh_l0`` (kH, H), i.e. the transposes, plus two biases,
@@ -26,8 +27,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-__all__ = ["to_torch", "from_torch", "torch_lstm_state_dict", "load_torch_lstm", "torch_gru_state_dict",
-           "load_torch_gru", "torch_rnn_state_dict", "load_torch_rnn"]
+__all__ = ["to_torch", "from_torch", "from_keras", "load_keras_weights", "save_keras_weights",
+           "torch_lstm_state_dict", "load_torch_lstm", "torch_gru_state_dict", "load_torch_gru", "torch_rnn_state_dict",
+           "load_torch_rnn"]
 
 _BLOCKS = {"lstm": 4, "gru": 3, "rnn": 1}
 
@@ -358,3 +360,249 @@ def from_torch(module, dtype=None):
         return table[type(t)](t, path).train(t.training)
 
     return convert(module, "the module" if type(module) is not torch.nn.Sequential else "the Sequential")
+
+
+# ---------------------------------------------------------------- Keras: from_keras, .weights.h5 files
+
+_KERAS_ACTIVATIONS = {"linear": None, "relu": "ReLU", "tanh": "Tanh", "sigmoid": "Sigmoid", "gelu": "GELU",
+                      "softmax": "Softmax", "leaky_relu": "LeakyReLU"}
+
+
+def _keras_activation(name, path):
+    """The minigrad layer for a Keras activation name (None for 'linear'), else a ValueError."""
+    from . import nn
+    if not isinstance(name, str) or name not in _KERAS_ACTIVATIONS:
+        raise ValueError(f"from_keras: {path} uses the activation {name!r}, which minigrad does not have; "
+                         f"supported: {', '.join(_KERAS_ACTIVATIONS)}")
+    kind = _KERAS_ACTIVATIONS[name]
+    if kind is None:
+        return None
+    # Keras 3's defaults: gelu exact (approximate=False), leaky_relu negative_slope=0.2, softmax on the last axis
+    return {"GELU": lambda: nn.GELU(), "LeakyReLU": lambda: nn.LeakyReLU(0.2),
+            "Softmax": lambda: nn.Softmax(dim=-1)}.get(kind, getattr(nn, kind))()
+
+
+def _keras_recurrent(layer, path, bidirectional=False):
+    """A minigrad LSTM / GRU / RNN from a Keras LSTM / GRU / SimpleRNN (or a Bidirectional's pair)."""
+    from . import nn
+    fwd = layer.forward_layer if bidirectional else layer
+    kind = type(fwd).__name__
+    c = fwd.get_config()
+    bad = [f"{k}={c.get(k)!r}" for k, ok in (
+        ("activation", "tanh"), ("recurrent_activation", "sigmoid"), ("use_bias", True), ("go_backwards", False),
+        ("stateful", False), ("dropout", 0.0), ("reset_after", True)) if k in c and c[k] != ok]
+    if bad:
+        raise ValueError(f"from_keras: {path}, {kind}, has {', '.join(bad)}, which minigrad's layer does not "
+                         f"compute (it has tanh and sigmoid, a bias, no input dropout: put a Dropout before it, "
+                         f"and for a GRU reset_after=True)")
+    if bidirectional:
+        back = {k: v for k, v in layer.backward_layer.get_config().items() if k not in ("name", "go_backwards")}
+        same = back == {k: v for k, v in c.items() if k not in ("name", "go_backwards")}
+        if layer.merge_mode != "concat" or c.get("return_state") or not same:
+            raise ValueError(f"from_keras: {path}, Bidirectional, has merge_mode={layer.merge_mode!r}, "
+                             f"return_state={c.get('return_state')}, a backward layer configured "
+                             f"{'alike' if same else 'differently'}: only merge_mode='concat', no states and two "
+                             f"alike directions convert")
+    weights = layer.get_weights()
+    cls = {"LSTM": nn.LSTM, "GRU": nn.GRU, "SimpleRNN": nn.RNN}[kind]
+    m = cls(weights[0].shape[0], c["units"], bidirectional=bidirectional, return_sequences=c["return_sequences"],
+            return_state=c["return_state"], recurrent_dropout=c["recurrent_dropout"], dtype=weights[0].dtype)
+    m.set_weights(weights)          # Keras's layout and gate order are minigrad's; forward then backward
+    return [m]
+
+
+def _keras_layer_norm(layer, path):
+    from . import nn
+    c = layer.get_config()
+    axis = c["axis"] if isinstance(c["axis"], (list, tuple)) else [c["axis"]]
+    ndim = len(layer.input.shape) if hasattr(layer, "input") else None
+    if len(axis) != 1 or (axis[0] != -1 and axis[0] != (ndim or 0) - 1) or c.get("rms_scaling") \
+            or (c["center"] and not c["scale"]):
+        raise ValueError(f"from_keras: {path}, LayerNormalization(axis={c['axis']}, center={c['center']}, "
+                         f"scale={c['scale']}, rms_scaling={c.get('rms_scaling')}): minigrad's LayerNorm "
+                         f"normalizes the last axis, with a scale whenever it has an offset")
+    weights = layer.get_weights()
+    features = weights[0].shape[0] if weights else layer.input.shape[-1]
+    m = nn.LayerNorm(features, eps=c["epsilon"], elementwise_affine=c["scale"], bias=c["center"],
+                     dtype=weights[0].dtype if weights else None)
+    for p, w in zip([p for p in (m.weight, m.bias) if p is not None], weights):
+        p.data = w.copy()
+    return [m]
+
+
+def _keras_dense(layer, path):
+    from . import nn
+    c = layer.get_config()
+    weights = layer.get_weights()
+    m = nn.Linear(*weights[0].shape, bias=c["use_bias"], dtype=weights[0].dtype)
+    m.weight.data = weights[0].copy()
+    if c["use_bias"]:
+        m.bias.data = weights[1].copy()
+    act = _keras_activation(c["activation"], path)
+    return [m] if act is None else [m, act]
+
+
+def _keras_embedding(layer, path):
+    from . import nn
+    if layer.get_config().get("mask_zero"):
+        raise ValueError(f"from_keras: {path}, Embedding(mask_zero=True): a minigrad Sequential passes no mask "
+                         f"on; build it with mask_zero=False and give the recurrent layer mask= yourself")
+    (w,) = layer.get_weights()
+    m = nn.Embedding(*w.shape, dtype=w.dtype)
+    m.weight.data = w.copy()
+    return [m]
+
+
+def _keras_table():
+    from . import nn
+    return {
+        "InputLayer": lambda layer, path: [], "Dense": _keras_dense, "Embedding": _keras_embedding,
+        "LayerNormalization": _keras_layer_norm, "LSTM": _keras_recurrent, "GRU": _keras_recurrent,
+        "SimpleRNN": _keras_recurrent,
+        "Bidirectional": lambda layer, path: _keras_recurrent(layer, path, bidirectional=True),
+        "Dropout": lambda layer, path: [nn.Dropout(layer.get_config()["rate"])],
+        "Activation": lambda layer, path: [a for a in [_keras_activation(layer.get_config()["activation"], path)]
+                                           if a is not None] or [nn.Identity()],
+    }
+
+
+def _keras_chain(model):
+    """The layers of a Keras Sequential, or of a functional model that is a chain, else a ValueError."""
+    layers = list(model.layers)
+    if type(model).__name__ == "Sequential":
+        return layers
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ValueError(f"from_keras: the model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+                         f"only a chain of layers (one input, one output) converts")
+    body = [layer for layer in layers if type(layer).__name__ != "InputLayer"]
+    prev = model.inputs[0]
+    for layer in body:
+        nodes = getattr(layer, "_inbound_nodes", [])
+        if len(nodes) != 1 or layer.input is not prev:
+            raise ValueError(f"from_keras: layer {layer.name!r} does not read the previous layer's output alone: "
+                             f"only a chain of layers converts")
+        prev = layer.output
+    return body
+
+
+def from_keras(keras_model):
+    """The minigrad model equivalent to a Keras 3 ``Sequential`` (or a functional model that is a
+    chain), weights included (float32, as Keras's).
+
+    ``Input``/``InputLayer`` (dropped), ``Embedding``, ``Dense`` (a ``Linear`` followed by its
+    activation: linear, relu, tanh, sigmoid, gelu, softmax, leaky_relu), ``Activation``,
+    ``Dropout``, ``LayerNormalization`` (last axis), ``LSTM``, ``GRU(reset_after=True)``,
+    ``SimpleRNN`` (tanh; ``return_sequences``, ``return_state``, ``recurrent_dropout``) and
+    ``Bidirectional`` (``merge_mode='concat'``) of those. Keras's recurrent weights are minigrad's
+    (same layout and gate order). Anything else is a TypeError or ValueError naming the layer; the
+    Keras model is never changed. The result is in eval mode, as Keras's ``predict``.
+    """
+    from . import nn
+    table = _keras_table()
+    out = []
+    for i, layer in enumerate(_keras_chain(keras_model)):
+        kind = type(layer).__name__
+        path = f"layer {i} ({layer.name!r})"
+        if kind not in table:
+            raise TypeError(f"from_keras: {path} is a Keras {kind}, which from_keras cannot convert; supported: "
+                            f"{', '.join(sorted(table))}")
+        out += table[kind](layer, path)
+    return nn.Sequential(*out).eval()
+
+
+def _import_h5py(who):
+    try:
+        import h5py
+    except ImportError:
+        raise ImportError(f"{who} needs h5py: pip install h5py (or pip install minigrad[interop])") from None
+    return h5py
+
+
+def _keras_entries(model, who):
+    """``[(path in a .weights.h5 file, Parameter)]`` for ``model``: the paths Keras 3 gives the
+    variables of a Sequential of the same structure. Keras names a container's layers by class
+    (``dense``, ``dense_1``, ``lstm``...; a recurrent layer's under ``cell``, a Bidirectional's under
+    ``forward_layer`` / ``backward_layer``), so weighted layers match by position; a stacked
+    minigrad layer is that many Keras layers."""
+    from . import nn
+    layers = list(model) if type(model) is nn.Sequential else [model]
+    used, entries = {}, []
+
+    def group(snake):
+        used[snake] = used.get(snake, -1) + 1
+        return f"layers/{snake}" + (f"_{used[snake]}" if used[snake] else "")
+
+    def add(prefix, params):
+        entries.extend((f"{prefix}/vars/{k}", p) for k, p in enumerate(p for p in params if p is not None))
+
+    weightless = (nn.Dropout, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.Softmax, nn.Identity)
+    for i, m in enumerate(layers):
+        if type(m) is nn.Linear:
+            add(group("dense"), (m.weight, m.bias))
+        elif type(m) is nn.Embedding:
+            add(group("embedding"), (m.weight,))
+        elif type(m) is nn.LayerNorm and len(m.normalized_shape) == 1:
+            add(group("layer_normalization"), (m.weight, m.bias))
+        elif type(m) in (nn.LSTM, nn.GRU, nn.RNN):
+            snake = {"LSTM": "lstm", "GRU": "gru", "RNN": "simple_rnn"}[type(m).__name__]
+            sets = m._weight_sets()
+            for layer in range(m.num_layers):
+                if m.bidirectional:
+                    g = group("bidirectional")
+                    add(f"{g}/forward_layer/cell", sets[2 * layer])
+                    add(f"{g}/backward_layer/cell", sets[2 * layer + 1])
+                else:
+                    add(f"{group(snake)}/cell", sets[layer])
+        elif type(m) not in weightless:
+            raise TypeError(f"{who}: layer {i}, {type(m).__name__}, has no Keras counterpart here (nothing was "
+                            f"changed); supported: Linear, Embedding, LayerNorm (one axis), LSTM, GRU, RNN and "
+                            f"the layers without weights")
+    return entries
+
+
+def load_keras_weights(model, path) -> None:
+    """Load a Keras 3 ``.weights.h5`` file (``keras_model.save_weights``) into a minigrad model of
+    the same structure (see :func:`from_keras`; a ``Dense`` with an activation is a ``Linear``
+    followed by that activation; layers without weights match by position). Every name and shape
+    is checked before anything changes: a variable the file lacks, one the model has no place for,
+    or a shape that differs is an error naming each one. Needs h5py.
+    """
+    h5py = _import_h5py("load_keras_weights")
+    entries = _keras_entries(model, "load_keras_weights")
+    with h5py.File(path, "r") as f:
+        stored = {}
+        if "layers" in f:
+            f["layers"].visititems(lambda name, obj: stored.__setitem__(f"layers/{name}", obj)
+                                   if isinstance(obj, h5py.Dataset) else None)
+        want = dict(entries)
+        missing = [k for k in want if k not in stored]
+        unused = [k for k in stored if k not in want]
+        if missing or unused:
+            raise KeyError(f"load_keras_weights: {path} does not fit the model; nothing was loaded: missing "
+                           f"{missing}, unused {unused}")
+        bad = [f"{k} is {stored[k].shape} in the file, {p.shape} in the model" for k, p in entries
+               if stored[k].shape != p.shape]
+        if bad:
+            raise ValueError("load_keras_weights: nothing was loaded: " + "; ".join(bad))
+        arrays = [np.asarray(stored[k][()], dtype=p.dtype) for k, p in entries]
+    for (_, p), a in zip(entries, arrays):
+        p.data = a                  # a new array, and a version change a graph recorded before sees
+
+
+def save_keras_weights(model, path) -> None:
+    """Write the model's weights as a Keras 3 ``.weights.h5`` file that ``load_weights`` of a
+    Keras model of the same structure accepts (the file is replaced whole). Needs h5py."""
+    import os
+    h5py = _import_h5py("save_keras_weights")
+    entries = _keras_entries(model, "save_keras_weights")
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with h5py.File(tmp, "w") as f:
+            for key, p in entries:
+                f.create_dataset(key, data=p.data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

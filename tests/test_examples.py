@@ -1,4 +1,5 @@
 """Every example runs (``--quick``, in a subprocess, as a user would run it) and shows what it claims."""
+import importlib.util
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ def ok(r):
 
 def test_every_example_is_tested():
     scripts = sorted(p.name for p in EXAMPLES.glob("*.py"))
-    assert scripts == ["char_lstm.py", "gradcheck_your_op.py", "sequence_classification.py",
+    assert scripts == ["char_lstm.py", "gradcheck_your_op.py", "keras_model.py", "sequence_classification.py",
                        "shared_weights.py", "to_torch.py", "vanishing_gradients.py"]
 
 
@@ -109,3 +110,23 @@ def test_to_torch_hands_over_exactly(tmp_path):
     diff = float(re.search(r"differ by at most (\S+)\n", out).group(1))
     drift = float(re.search(r"losses differ by at most (\S+)\n", out).group(1))
     assert diff <= 1e-10 and drift <= 1e-8 and "The hand-over is exact." in out
+
+
+def test_keras_model_converts_the_qa_model(tmp_path):
+    missing = [m for m in ("keras", "jax", "h5py") if importlib.util.find_spec(m) is None]   # not imported here:
+    if missing:                                                     # Keras picks its backend when imported
+        pytest.skip(f"optional: {missing}")
+    out = ok(run_example("keras_model.py", "--quick", cwd=tmp_path))
+    assert "117,248" in out and "Total params: 117,377" in out and "The same model in both." in out
+    diffs = [float(d) for d in re.findall(r"differ by at most (\S+)\n", out)]
+    assert len(diffs) == 2 and max(diffs) <= 1e-5
+
+
+def test_keras_model_says_how_to_install_keras(tmp_path):
+    hidden = tmp_path / "hide"
+    hidden.mkdir()
+    (hidden / "keras.py").write_text("raise ImportError('No module named keras')\n")
+    env_path = str(hidden) + os.pathsep + os.environ.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, str(EXAMPLES / "keras_model.py"), "--quick"], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + env_path))
+    assert "pip install keras jax jaxlib h5py" in ok(r)
