@@ -236,7 +236,8 @@ def to_torch(model):
     become their ``torch.nn`` namesakes (``Linear``'s weight transposed). ``LSTM``/``GRU``/``RNN``
     (stacked and bidirectional too) become :class:`minigrad.torch_modules.Recurrent`, a
     ``batch_first`` ``nn.LSTM``/... that returns what the minigrad layer returns (last output or
-    sequence, states with ``return_state``). minigrad's LSTM and RNN have one bias where PyTorch's
+    sequence, states with ``return_state``; ``mask=`` a post-padded mask, run as a packed
+    sequence). minigrad's LSTM and RNN have one bias where PyTorch's
     have two: ``bias_ih`` holds it and ``bias_hh`` is zero with ``requires_grad=False``, so that
     optimizers (Adam, clipping, weight decay) see one bias, as in minigrad, and training goes on
     identically. Anything else (a custom Module, a cell, ``recurrent_dropout``) is a TypeError or

@@ -35,13 +35,22 @@ class Recurrent(torch.nn.Module):
             raise ValueError("Recurrent: the wrapped layer must have batch_first=True, as minigrad's layers do")
         self.rnn, self.return_sequences, self.return_state = rnn, bool(return_sequences), bool(return_state)
 
-    def forward(self, x, initial_state=None):
-        """``x``: (batch, time, features); ``initial_state`` as minigrad's (``(h, c)`` or ``h``)."""
+    def forward(self, x, initial_state=None, mask=None):
+        """``x``: (batch, time, features); ``initial_state`` as minigrad's (``(h, c)`` or ``h``);
+        ``mask`` (batch, time) booleans, post-padded (each row True then False), run as a packed
+        sequence: zero outputs at padding, final states at each sequence's last step, the backward
+        direction from there, as minigrad's mask does. Other masks are a ValueError."""
         if initial_state is not None:
             states = (initial_state,) if torch.is_tensor(initial_state) else tuple(initial_state)
             states = tuple(s.unsqueeze(0) if s.dim() == 2 else s for s in states)
             initial_state = states if isinstance(self.rnn, torch.nn.LSTM) else states[0]
-        out, state = self.rnn(x, initial_state)
+        if mask is None:
+            out, state = self.rnn(x, initial_state)
+        else:
+            packed = torch.nn.utils.rnn.pack_padded_sequence(x, _lengths(mask, tuple(x.shape[:2])), batch_first=True,
+                                                             enforce_sorted=False)
+            out, state = self.rnn(packed, initial_state)
+            out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
         states = state if isinstance(state, tuple) else (state,)
         D = 2 if self.rnn.bidirectional else 1
         if not self.return_sequences:      # the last layer's final h, its directions side by side
@@ -54,3 +63,16 @@ class Recurrent(torch.nn.Module):
 
     def extra_repr(self):
         return f"return_sequences={self.return_sequences}, return_state={self.return_state}"
+
+
+def _lengths(mask, shape):
+    """The lengths (CPU int64) of a post-padded (batch, time) mask, else a ValueError."""
+    m = torch.as_tensor(mask)
+    if tuple(m.shape) != shape:
+        raise ValueError(f"Recurrent: mask must have shape {shape} (batch, time); got {tuple(m.shape)}")
+    m = m.to(torch.bool).cpu()
+    lengths = m.sum(dim=1)
+    if not torch.equal(m, torch.arange(shape[1]) < lengths[:, None]) or bool((lengths == 0).any()):
+        raise ValueError("Recurrent: PyTorch's packed sequences take post-padded masks (each row True then False, at "
+                         "least one True); this mask is not one")
+    return lengths

@@ -312,3 +312,35 @@ def test_from_torch_refuses_clearly_and_changes_nothing(make, error, words):
         assert w in str(e.value)
     for a, b in zip(before, snapshot(tm.parameters())):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU, nn.RNN])
+@pytest.mark.parametrize("seq", [False, True])
+def test_a_post_padded_mask_runs_as_a_packed_sequence(cls, seq):
+    layer = randomize(cls(I, H, num_layers=2, bidirectional=True, return_sequences=seq, return_state=True,
+                          dtype=F64), np.random.default_rng(7))
+    tm = interop.to_torch(layer)
+    x = RNG.standard_normal((4, T, I))
+    mask = np.arange(T) < np.array([[T], [2], [4], [1]])
+    x_m, x_t = mg.Tensor(x.copy(), requires_grad=True), torch.tensor(x, requires_grad=True)
+    ys_m, ys_t = layer(x_m, mask=mask), tm(x_t, mask=torch.tensor(mask))
+    loss_m, loss_t = 0, 0
+    for y_m, y_t in zip(ys_m, ys_t):
+        np.testing.assert_allclose(y_t.detach().numpy(), y_m.numpy(), rtol=0, atol=1e-10)
+        w = RNG.standard_normal(y_m.shape)
+        loss_m, loss_t = loss_m + (y_m * w).sum(), loss_t + (y_t * torch.tensor(w)).sum()
+    loss_m.backward()
+    loss_t.backward()
+    np.testing.assert_allclose(x_t.grad.numpy(), x_m.grad, rtol=0, atol=1e-10)
+    grads_t = torch_grads_in_minigrad_layout(tm)
+    for name, p in layer.named_parameters():
+        np.testing.assert_allclose(grads_t[name].numpy(), p.grad, rtol=0, atol=1e-10, err_msg=name)
+
+
+@pytest.mark.parametrize("mask", [np.array([[False, True, True]]), np.array([[True, False, True]]),
+                                  np.array([[False, False, False]]), np.ones((1, 2), bool)],
+                         ids=["pre-padded", "hole", "empty", "shape"])
+def test_a_mask_packed_sequences_cannot_express_is_refused(mask):
+    tm = interop.to_torch(nn.LSTM(I, H, dtype=F64))
+    with pytest.raises(ValueError, match="Recurrent: .*mask"):
+        tm(torch.zeros(1, 3, I, dtype=torch.float64), mask=torch.tensor(mask))

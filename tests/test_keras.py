@@ -145,6 +145,29 @@ def test_minigrad_weights_load_into_keras(tmp_path):
     assert_same_predictions(kmodel, model.eval(), ids(seed=8))
 
 
+MINIGRAD_MODELS = {
+    "Linear": lambda: nn.Linear(F, 3), "Linear-nobias": lambda: nn.Linear(F, 3, bias=False),
+    "Embedding": lambda: nn.Embedding(9, F), "LayerNorm": lambda: nn.LayerNorm(F),
+    "LayerNorm-nobias": lambda: nn.LayerNorm(F, bias=False),
+    "LayerNorm-noaffine": lambda: nn.Sequential(nn.LayerNorm(F, elementwise_affine=False), nn.Linear(F, 2)),
+    "LSTM-2-bi": lambda: nn.LSTM(F, 4, num_layers=2, bidirectional=True),
+    "GRU-2": lambda: nn.GRU(F, 4, num_layers=2), "RNN-bi": lambda: nn.RNN(F, 4, bidirectional=True),
+    "mixed": lambda: nn.Sequential(nn.Linear(F, 4), nn.ReLU(), nn.LSTM(4, 3), nn.Dropout(0.1), nn.Linear(3, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MINIGRAD_MODELS))
+def test_each_layer_round_trips_through_a_weights_file(name, tmp_path):
+    model, twin = MINIGRAD_MODELS[name](), MINIGRAD_MODELS[name]()
+    rng = np.random.default_rng(10)
+    for p in model.parameters():
+        p.data = rng.standard_normal(p.shape).astype(p.dtype)
+    interop.save_keras_weights(model, tmp_path / "m.weights.h5")
+    interop.load_keras_weights(twin, tmp_path / "m.weights.h5")
+    for (k, a), (_, b) in zip(model.named_parameters(), twin.named_parameters()):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=k)
+
+
 def snapshot(model):
     return [p.numpy().copy() for p in model.parameters()]
 
