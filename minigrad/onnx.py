@@ -16,7 +16,9 @@ Needs the ``onnx`` package (``pip install onnx``; onnxruntime to run the file). 
   input ``sequence_lens`` (batch,) int32 that every recurrent layer reads, the ONNX form of a
   post-padded mask (each row True then False). Any other mask cannot be expressed: refused.
 
-The file holds inference behaviour: dropout is the identity, whatever the model's mode.
+The file holds inference behaviour: dropout is the identity, whatever the model's mode. It
+keeps the model's dtype; onnxruntime (1.32) runs its LSTM / GRU / RNN kernels in float32 only
+("LSTM operator does not support double yet"), so export a float32 model to serve it there.
 """
 from __future__ import annotations
 
