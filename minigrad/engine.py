@@ -448,12 +448,19 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
     recorder = _state.recorder
     table = GradTable(_state.anomaly, recorder)
     table.add(id(start), grad, root.shape, root.dtype)
+    grads, owned_ids, plain, outer = table.grads, table.owned, table.plain, table.outer
     epoch = _epoch[0]
     ready = [start]
     with gc_paused():
         while ready:
             t = ready.pop()
-            g, owned = table.pop(id(t))
+            if id(t) in outer:
+                g, owned = table.pop(id(t))
+            else:                                     # GradTable.pop without outer products, spelled out
+                g = grads.pop(id(t), None)
+                owned = g is not None and id(g) in owned_ids
+                if owned:
+                    owned_ids.discard(id(g))
             if type(t) is not Node:                   # a leaf Tensor: keep its gradient
                 if g is not None:
                     _accumulate_leaf(t, g, owned)
@@ -482,7 +489,11 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                     continue
                 k = id(p)
                 if gi is not None:
-                    table.add(k, gi, p.shape, p.dtype, t._op, t._step, type(p) is not Node, report)
+                    if plain and type(gi) is np.ndarray and k not in grads and type(p) is Node \
+                            and gi.shape == p.shape and gi.dtype == p.dtype:
+                        grads[k] = gi                 # GradTable.add's first use of a node, spelled out
+                    else:
+                        table.add(k, gi, p.shape, p.dtype, t._op, t._step, type(p) is not Node, report)
                 left = pending[k] - 1
                 pending[k] = left
                 if not left:
