@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_scan import plain_loop  # the loop JAX documents scan by: the reference
 
 import minigrad as mg
 from minigrad import nn
@@ -25,20 +26,6 @@ from minigrad.looped.codegen import Compiled
 
 EXACT = dict(rtol=1e-12, atol=1e-12)
 codegen = sys.modules["minigrad.looped.codegen"]
-
-
-def plain_loop(fn, init, xs=None, length=None):
-    T = length if xs is None else (xs[0] if isinstance(xs, tuple) else xs).shape[0]
-    carry, ys = init, []
-    for t in range(T):
-        x_t = None if xs is None else tuple(x[t] for x in xs) if isinstance(xs, tuple) else xs[t]
-        carry, y = fn(carry, x_t)
-        ys.append(y)
-    if ys[0] is None:
-        return carry, None
-    if isinstance(ys[0], tuple):
-        return carry, tuple(mg.stack([y[k] for y in ys], 0) for k in range(len(ys[0])))
-    return carry, mg.stack(ys, 0)
 
 
 # ------------------------------------------------------------------ user primitives of every kind

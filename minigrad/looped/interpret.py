@@ -33,6 +33,23 @@ def _call(e, operands, static, needs):
     return (out if type(out) is np.ndarray else np.asarray(out)), vjp
 
 
+def _reverse(tape, table, cross, env, step, lead):
+    """Run a tape's vjps in reverse: each output's summed gradient in, its inputs' gradients into
+    ``table`` (shapes with the ``lead`` axes: () per step, (n,) stacked), or into ``cross`` for the
+    values read from outside the loop (summed over every step, outer products kept)."""
+    for e, vjp in reversed(tape):
+        g, _ = table.pop(e.out.id)
+        if g is None:
+            continue
+        for x, gi in zip(e.inputs, vjp(g)):
+            if gi is None or not isinstance(x, Var) or not x.requires_grad:
+                continue
+            if x.id in env:
+                cross.add(x.id, gi, x.shape, x.dtype, e.prim.name, step, True)
+            else:
+                table.add(x.id, gi, lead + x.shape, x.dtype, e.prim.name)
+
+
 class _Watch:
     """The recorder's view of a call's cross-step table: its keys are read variables' ids."""
 
@@ -164,17 +181,7 @@ class Interpreter:
             for k, v in enumerate(prog.ys_out):
                 if GY[k] is not None and v.requires_grad:
                     (run.cross if v.id in run.env else step).add(v.id, GY[k][t], v.shape, v.dtype, "scan", t, True)
-            for e, vjp in reversed(steps[t - t0]):
-                g, _ = step.pop(e.out.id)
-                if g is None:
-                    continue
-                for x, gi in zip(e.inputs, vjp(g)):
-                    if gi is None or not isinstance(x, Var) or not x.requires_grad:
-                        continue
-                    if x.id in run.env:
-                        run.cross.add(x.id, gi, x.shape, x.dtype, e.prim.name, t, True)
-                    else:
-                        step.add(x.id, gi, x.shape, x.dtype, e.prim.name)
+            _reverse(steps[t - t0], step, run.cross, run.env, t, ())
             for k in self.loop_reads_stacked:
                 g, _ = step.pop(k)
                 if g is not None:
@@ -185,17 +192,7 @@ class Interpreter:
 
     def _hoisted_backward(self, run, t0, t1, htape, hgrads):
         prog, n = run.prog, t1 - t0
-        for e, vjp in reversed(htape):
-            g, _ = hgrads.pop(e.out.id)
-            if g is None:
-                continue
-            for x, gi in zip(e.inputs, vjp(g)):
-                if gi is None or not isinstance(x, Var) or not x.requires_grad:
-                    continue
-                if x.id in run.env:
-                    run.cross.add(x.id, gi, x.shape, x.dtype, e.prim.name, None, True)
-                else:
-                    hgrads.add(x.id, gi, (n,) + x.shape, x.dtype, e.prim.name)
+        _reverse(htape, hgrads, run.cross, run.env, None, (n,))
         for x in prog.xs_in:
             g, _ = hgrads.pop(x.id)
             if g is not None:
