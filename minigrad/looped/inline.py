@@ -368,6 +368,8 @@ class Source:
     use (no syntax tree is shared between uses, or between threads)."""
 
     def __init__(self, fn, helper=False):
+        if getattr(fn, "__wrapped__", None) is not None:     # getsource would read the wrapped function's
+            raise NotInlinable("a wrapper: its source is not the code that runs")
         try:
             src = textwrap.dedent(inspect.getsource(fn))
         except (OSError, TypeError) as err:
@@ -375,6 +377,8 @@ class Source:
         fdef = ast.parse(src).body[0]
         if not isinstance(fdef, ast.FunctionDef) or fdef.args.posonlyargs or fdef.args.kwarg:
             raise NotInlinable("unsupported signature")
+        if fdef.name != fn.__code__.co_name:
+            raise NotInlinable("its source is another function's")
         if helper and (fdef.args.vararg or fdef.args.kwonlyargs or fdef.args.defaults):
             raise NotInlinable("a helper takes plain positional parameters")
         _check_source(fn)
