@@ -412,8 +412,9 @@ def _freed(g):
 
 def _check_versions(t):
     """Raise if an input the vjp of ``t`` reads was modified in place after the forward."""
-    cells = [c.cell_contents for c in (getattr(t._vjp, "__closure__", None) or ())]
-    cells += [a for c in cells if isinstance(c, (tuple, list)) for a in c]    # e.g. scan's kept arrays
+    saved = getattr(t._vjp, "saved_arrays", None)       # a vjp that is an object says what it reads
+    cells = saved() if saved is not None else [c.cell_contents for c in (getattr(t._vjp, "__closure__", None) or ())]
+    cells += [a for c in cells if isinstance(c, (tuple, list)) for a in c]
     arrays = [c for c in cells if isinstance(c, np.ndarray)]
     # An array changed in place at an epoch later than t's own changed after t was recorded; the
     # vjp reads it if it saved that array, a view of it, or an array it views.

@@ -672,3 +672,66 @@ def test_the_cache_is_by_structure_and_values_are_bound_at_every_call(monkeypatc
         eager, _ = plain_loop(body, mg.Tensor(np.zeros((2, 3))), mg.Tensor(np.ones((5, 2, 3))))
         np.testing.assert_allclose(looped.numpy(), eager.numpy(), **EXACT)
     assert len(compiles) == 1
+
+
+# ------------------------------------------------------------------ outputs, parameters and in-place changes
+# Sizes of at least 1024 elements: the generator reuses buffers only from there on.
+
+_pick_ns = {"np": np}
+exec("def pick(a, b):\n    return b, lambda g: (None, g)\n", _pick_ns)
+pick = mg.primitive(_pick_ns["pick"])            # called, not inlined: returns its second operand itself
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_a_called_primitive_returning_a_parameter_never_gets_it_overwritten(grad):
+    rng = np.random.default_rng(5)
+    A0, X0, W0 = rng.uniform(-1, 1, (32, 64)), rng.uniform(-1, 1, (3, 32, 64)), rng.uniform(-1, 1, (32, 64))
+    outs = {}
+    for how in ("loop", "numpy"):
+        W = mg.Tensor(W0.copy(), requires_grad=grad)
+        body = lambda h, x: ((pick(h * x, W) * 2.0 + h * 0.5).tanh(), h)
+        h0, xs = mg.Tensor(A0.copy()), mg.Tensor(X0.copy())
+        carry = plain_loop(body, h0, xs)[0] if how == "loop" else mg.scan(body, h0, xs, backend=how)[0]
+        outs[how] = carry.numpy().copy()
+        np.testing.assert_array_equal(W.numpy(), W0)
+    np.testing.assert_allclose(outs["numpy"], outs["loop"], **EXACT)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "interpret"])
+def test_outputs_never_share_memory_with_each_other_the_inputs_or_a_parameter(backend):
+    rng = np.random.default_rng(0)
+    W = mg.Tensor(rng.uniform(-1, 1, (64, 64)) * 0.1, requires_grad=True)
+    h0, xs = mg.Tensor(rng.uniform(-1, 1, (32, 64))), mg.Tensor(rng.uniform(-1, 1, (4, 32, 64)))
+    carry, ys = mg.scan(lambda h, x: (lambda n: (n, n))((h @ W + x).tanh()), h0, xs, backend=backend)
+    assert not np.shares_memory(carry.numpy(), ys.numpy())
+    V = mg.Tensor(np.ones((32, 64)), requires_grad=True)
+    for body in (lambda c, x: (V, c * x), lambda c, x: (c, c * x)):
+        carry, _ = mg.scan(body, h0, xs, backend=backend)
+        assert not np.shares_memory(carry.numpy(), V.numpy()) and not np.shares_memory(carry.numpy(), h0.numpy())
+
+
+@pytest.mark.parametrize("backend", ["numpy", "interpret"])
+def test_an_in_place_change_of_an_output_or_a_read_value_before_backward_is_refused(backend):
+    rng = np.random.default_rng(1)
+    h0 = mg.Tensor(rng.uniform(-1, 1, (32, 64)), requires_grad=True)
+    xs = mg.Tensor(rng.uniform(-1, 1, (4, 32, 64)))
+    W = mg.Tensor(rng.uniform(-1, 1, (64, 64)) * 0.1, requires_grad=True)
+    W2 = W * 1.0                                  # not a leaf: versions, not pins
+    carry, ys = mg.scan(lambda h, x: ((h @ W2 + x).tanh(), h), h0, xs, backend=backend)
+    carry += 5.0                                  # the last step's tanh output: backward reads it
+    with pytest.raises(RuntimeError, match="modified in place"):
+        (carry * carry).sum().backward()
+    carry, ys = mg.scan(lambda h, x: ((h @ W2 + x).tanh(), h), h0, xs, backend=backend)
+    W2 += 1.0
+    with pytest.raises(RuntimeError, match="modified in place"):
+        carry.sum().backward()
+    M = rng.uniform(-1, 1, (32, 64))              # a plain array the body takes: pinned, as eager pins it
+    carry, _ = mg.scan(lambda h, x: ((h * M + x).tanh(), h), h0, xs, backend=backend)
+    with pytest.raises(ValueError, match="read-only"):
+        M[...] = 0.0
+
+
+def test_integer_and_boolean_outputs_need_no_gradient():
+    h0 = mg.Tensor(np.ones((2, 3)), requires_grad=True)
+    carry, ys = mg.scan(lambda h, x: (h * x, (h > 0, h)), h0, mg.Tensor(np.ones((3, 2, 3))))
+    assert carry.requires_grad and ys[1].requires_grad and not ys[0].requires_grad

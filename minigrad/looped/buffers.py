@@ -6,7 +6,9 @@ runs before or after the loop), from two facts the code generator knows and one 
 
 * ``info``: the shape and dtype of every variable-level name (those are the only candidates);
 * ``owned``: the names whose buffer the block may overwrite once dead (arrays the block itself
-  allocated, and rows of stacked arrays nothing else needs);
+  allocated, and rows of stacked arrays nothing else needs); anything computed from an array
+  the block did not make (a name with no group that is not ``neutral``: a function, a static
+  value) may be that array, and is never overwritten;
 * liveness: a buffer is dead after a statement when none of the names that may share its memory
   (views: anything computed from it by other than an allocating expression) is read later, or
   escapes the block (``live_out``).
@@ -92,12 +94,17 @@ class Groups:
         self.of[name] = g
         self.members[g].add(name)
 
-    def alias(self, name, sources):
-        """``name`` may view any of ``sources``' buffers: one group, owned only if all were."""
+    def alias(self, name, sources, neutral=frozenset()):
+        """``name`` may view any of ``sources``' buffers: one group, owned only if all were, and
+        none of them is an array from outside the block (a name with no group, not ``neutral``)."""
         gs = {self.of[s] for s in sources if s in self.of}
+        outside = any(s not in self.of and s not in neutral for s in sources)
         self.detach(name)
         if not gs:
             return self.new(name, False)
+        if outside:
+            for g in gs:
+                self.owned.discard(g)
         keep = min(gs)
         for g in gs - {keep}:
             for n in self.members.pop(g):
@@ -110,7 +117,7 @@ class Groups:
         return keep
 
 
-def reuse(stmts, info, live_out, prefer=(), groups=None, pinned=()):
+def reuse(stmts, info, live_out, prefer=(), groups=None, pinned=(), neutral=frozenset()):
     """Rewrite ``stmts`` (a list of ast statements, changed in place and returned) to reuse dead
     buffers; returns (stmts, groups). ``groups``: the groups names enter with; a ``pinned`` name
     keeps its entry group when the block binds it (a row of a stacked array, a restored value)."""
@@ -133,7 +140,7 @@ def reuse(stmts, info, live_out, prefer=(), groups=None, pinned=()):
         if not isinstance(target, ast.Name):
             for t in ast.walk(target):
                 if isinstance(t, ast.Name) and isinstance(t.ctx, ast.Store):
-                    groups.alias(t.id, _loads(st.value))
+                    groups.alias(t.id, _loads(st.value), neutral)
             continue
         name, expr = target.id, st.value
         if name in pinned:
@@ -145,7 +152,7 @@ def reuse(stmts, info, live_out, prefer=(), groups=None, pinned=()):
         elif allocates(expr):
             groups.new(name, True)
         else:
-            groups.alias(name, _loads(expr))
+            groups.alias(name, _loads(expr), neutral)
     return stmts, groups
 
 

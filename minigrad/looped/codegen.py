@@ -162,6 +162,12 @@ class _Builder:
             return f"h{v.id}"
         return f"c{v.id}" if v.role == "carry" else f"v{v.id}"
 
+    def neutral(self):
+        """Names in generated code that hold no array a block could overwrite: functions, modules
+        and dtypes, static arguments, the loop's counters."""
+        names = {n for n, v in self.ns.items() if not isinstance(v, np.ndarray)} | {"i", "t0", "n"}
+        return names | {n for n in self.binders if not (n.startswith("K") and "_" in n and n[1].isdigit())}
+
     def info_with_constants(self):
         """(shape, dtype) of every name a loop body uses whose shape and dtype are known here."""
         info = dict(self.loop_info)
@@ -346,7 +352,7 @@ def _forward_source(b, keep, write_y, saved, values):
     if write_y:
         head += _unpack([f"Y{n}" for n in range(len(prog.ys_out))], "Y")
     pro = _prologue(b)
-    _, made = reuse(pro, b.pro_info, live_out=set(values) | {f"H{i}" for i in b.stacked_ids})
+    _, made = reuse(pro, b.pro_info, live_out=set(values) | {f"H{i}" for i in b.stacked_ids}, neutral=b.neutral())
     lists = ([f"S_{s}" for s in saved] + [f"DL{k}" for k in b.deferred]) if keep else []
     for name in lists:
         pro += [_assign(name, ast.List([], ast.Load())), _assign(f"{name}a", _attr(name, "append"))]
@@ -357,7 +363,8 @@ def _forward_source(b, keep, write_y, saved, values):
         g = made.of.get(f"H{r[1:]}")
         groups.new(r, g is not None and g in made.owned and f"H{r[1:]}" not in values)
     outs = {b.name(v) for v in (*prog.carry_out, *prog.ys_out)}
-    _, groups = reuse(loop, b.info_with_constants(), live_out=outs | set(saved), groups=groups, pinned=rows)
+    _, groups = reuse(loop, b.info_with_constants(), live_out=outs | set(saved), groups=groups, pinned=rows,
+                      neutral=b.neutral())
     if write_y:
         loop = _place_ys(loop, b.info_with_constants())
     body = head + pro + [ast.For(_store("i"), _call("range", _load("n")), loop or [ast.Pass()], [])]
@@ -674,7 +681,8 @@ def _backward_source(b, pattern, consume, saved, values, groups=None):
         info = b.info_with_constants()
         loop = flatten(loop, info, "_b")
         entry, pinned = _entry_groups(b, groups, rows, restored, r.post)
-        reuse(loop, info, live_out=r.escape, prefer=set(rows) | set(restored), groups=entry, pinned=pinned)
+        reuse(loop, info, live_out=r.escape, prefer=set(rows) | set(restored), groups=entry, pinned=pinned,
+              neutral=b.neutral())
     body = _unpack(list(b.binders), "K") + _unpack([f"e{i}" for i in b.env_ids], "E")
     body += _unpack([f"S_{s}" for s in saved] + [f"DL{k}" for k in b.deferred] + values, "S")
     body += _unpack([f"gc{j}" for j in range(len(prog.carry_in))], "GC")

@@ -18,6 +18,7 @@ from ..tensor import Node, Tensor, _state
 from . import backends
 from .interpret import Interpreter, Run
 from .passes import optimize
+from .program import Const
 from .trace import flatten, trace, unflatten
 
 __all__ = ["scan", "scan_program"]
@@ -132,13 +133,28 @@ def _scan(fn, init, xs, length, checkpoint, backend, memo=None, reads=()):
     run = runner.start(prog, arrays[0], arrays[1], T, need)
     Y, carry = runner.outputs(prog, T, list(arrays[2]))
     carry, segments = _forward(runner, run, T, carry, need, checkpoint, Y)
-    outs = [Tensor(np.asarray(a)) for a in (*carry, *Y)]
+    outs = [Tensor(a) for a in (*_own_carry(carry, Y, arrays), *Y)]
     if need:
         vjp = LoopedVJP(runner, run, segments, T, checkpoint, [(c.shape, c.dtype) for c in carry],
                         (program, read_tensors, arrays, init_flat + xs_flat))
-        _record(vjp, inputs, outs)
+        _record(vjp, inputs, outs, [c.value for e in prog.eqns for c in e.inputs
+                                    if isinstance(c, Const) and type(c.value) is np.ndarray])
     n = len(carry)
     return unflatten(outs[:n], carry_struct), unflatten(outs[n:], ys_struct)
+
+
+def _own_carry(carry, Y, arrays):
+    """The final carry as arrays of its own: a carry that is a row of the ys (the numpy backend
+    lays them out so), an input passed through, or a tensor the body reads is copied, so an
+    in-place change of one output never changes another output, an input or a parameter."""
+    others = [*Y, *arrays[0], *arrays[1], *arrays[2]]
+    out = []
+    for c in carry:
+        c = np.asarray(c)
+        if any(np.may_share_memory(c, o) for o in others) or any(c is o for o in out):
+            c = c.copy()
+        out.append(c)
+    return out
 
 
 def _forward(runner, run, T, carry, need, checkpoint, Y):
@@ -186,6 +202,24 @@ class LoopedVJP:
             self.run = self.segments = self.replay = None
         return grads
 
+    def saved_arrays(self):
+        """What backward reads (for ``engine``'s check of in-place changes made before it): the
+        values the call computed once, the segments' saved lists and carries, and the outputs."""
+        found = [] if self.run is None else [*self.run.env.values(), *self.run.xs]
+        stack = list(self.segments or ())
+        while stack:                          # lists, tuples and dicts of arrays, and vjp closures
+            item = stack.pop()
+            if isinstance(item, np.ndarray):
+                found.append(item)
+            elif isinstance(item, (tuple, list)):
+                stack.extend(item)
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+            elif callable(item) and getattr(item, "__closure__", None):
+                stack.extend(c.cell_contents for c in item.__closure__
+                             if isinstance(c.cell_contents, np.ndarray))
+        return found
+
     def _recording(self, recorder, g_carry, GY):
         """Backward while contributions are recorded: run the loop again through the interpreter,
         nothing hoisted, so each step reports its share of every read tensor's gradient."""
@@ -224,11 +258,14 @@ class _Take:
         return (self._empty,)
 
 
-def _record(vjp, inputs, outs):
-    pins = _pin_leaves(inputs)                    # the leaves' arrays stay read-only while the hub lives
+def _record(vjp, inputs, outs, constants=()):
+    # the leaves' arrays, and the arrays the body took as constants, stay read-only while the hub lives
+    pins = _pin_leaves([*inputs, *constants])
     hub = Node([(t._node or t) if t.requires_grad else None for t in inputs], vjp, "scan", _epoch[0],
                _state.step, (0,), np.dtype(np.float64), pins)
     for n, t in enumerate(outs):
+        if t.dtype.kind != "f":                   # integer and boolean outputs carry no gradient
+            continue
         t.requires_grad = True
         t._node = Node((hub,), _Take(vjp, n), "scan.output", hub._epoch, hub._step, t._data.shape, t._data.dtype)
 
