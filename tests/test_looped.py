@@ -584,6 +584,21 @@ def test_a_rebound_global_reaches_looped_and_eager_alike():
         GAIN = 2.0
 
 
+def test_a_layer_follows_a_rebound_global_of_its_cells_primitives(monkeypatch):
+    """The layers reuse the trace of their own cells; the compiled code they reuse still checks,
+    at every call, the globals it inlined. Here sigmoid's clip floor, folded in as a constant."""
+    mg.seed(2)
+    lstm = nn.LSTM(3, 4, return_sequences=True, dtype=np.float64)
+    twin = nn.LSTM(3, 4, return_sequences=True, dtype=np.float64, unroll=True)
+    twin.set_weights(lstm.get_weights())
+    x = mg.Tensor(np.random.default_rng(0).standard_normal((2, 5, 3)) * 3)
+    np.testing.assert_allclose(lstm(x).numpy(), twin(x).numpy(), **EXACT)
+    zero_floor = lambda shape, dtype: np.zeros(shape, dtype)     # clip at 0: sigmoid(x < 0) becomes 0.5
+    monkeypatch.setattr(mg.ops, "_exp_floor_like", zero_floor)
+    codegen.foldable(zero_floor)
+    np.testing.assert_allclose(lstm(x).numpy(), twin(x).numpy(), **EXACT)
+
+
 def test_a_primitive_whose_file_changed_since_import_is_called_not_inlined(tmp_path, monkeypatch):
     import importlib
     mod = tmp_path / "edited_prim.py"
