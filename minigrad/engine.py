@@ -274,8 +274,7 @@ def _owner(arr):
 def _pin(arr):
     """The pin keeping ``arr`` (and the array owning its memory) read-only, or None if there is
     nothing to pin (the array was read-only to begin with)."""
-    base = arr.base
-    owner = arr if base is None or not isinstance(base, np.ndarray) else base
+    owner = _owner(arr)
     pin = _pin_of(owner)
     if pin is None:
         if not owner.flags.writeable:
