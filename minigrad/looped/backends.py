@@ -28,7 +28,7 @@ def lookup(traced, backend="auto"):
     key = (traced.key, backend == "interpret")
     with _lock:
         entry = _templates.get(key)
-    if entry is not None and (not hasattr(entry[1], "fresh") or entry[1].fresh()):
+    if entry is not None and entry[1].fresh():
         return entry[0].rebind(traced.program), entry[1]
     prog = optimize(traced.marked())
     runner = get(prog, backend)
@@ -49,12 +49,12 @@ def get(prog, backend="auto"):
             runner = _cache.get(key)
             if runner is not None:
                 _cache.move_to_end(key)
-        if runner is not None and (not hasattr(runner, "fresh") or runner.fresh()):
+        if runner is not None and runner.fresh():
             return runner
         runner = compile_numpy(prog)          # outside the lock: compiles of distinct programs run at once
         with _lock:
             old = _cache.get(key)
-            if old is None or (hasattr(old, "fresh") and not old.fresh()):
+            if old is None or not old.fresh():
                 _cache[key] = old = runner
             if len(_cache) > _CACHE_SIZE:
                 _cache.popitem(last=False)

@@ -23,7 +23,7 @@ import ast
 
 import numpy as np
 
-__all__ = ["reuse", "flatten", "Groups"]
+__all__ = ["reuse", "flatten", "with_out", "Groups"]
 
 # elements: below this a new array is as cheap as reusing one (numpy keeps small allocations in a
 # cache), and ``np.<ufunc>(a, b, out=c)`` costs a keyword call where ``a * b`` costs none
@@ -164,14 +164,14 @@ def _place(expr, name, i, info, groups, dead_after, prefer):
     if isinstance(expr, ast.BinOp) and type(expr.op) in _UFUNC_OF:
         if _small(want[0]):
             return None
-        args, kwargs, fn = [expr.left, expr.right], [], _UFUNC_OF[type(expr.op)]
+        args = [expr.left, expr.right]
     elif _is_ufunc_call(expr):
         out = [k.value for k in expr.keywords if k.arg == "out"]
         if out and _np_call(out[0], _ALLOC) is None:
             return None
         if not out and _small(want[0]):      # an explicit allocation is worth replacing at any size
             return None
-        args, kwargs, fn = list(expr.args), [k for k in expr.keywords if k.arg != "out"], expr.func.attr
+        args = list(expr.args)
     else:
         return None
     names = [a.id for a in args if isinstance(a, ast.Name)]
@@ -180,10 +180,18 @@ def _place(expr, name, i, info, groups, dead_after, prefer):
         g = groups.of.get(c)
         if g is None or g not in groups.owned or info.get(c) != want or not dead_after(g, i):
             continue
-        call = ast.Call(ast.Attribute(ast.Name("np", ast.Load()), fn, ast.Load()), args,
-                        kwargs + [ast.keyword("out", ast.Name(c, ast.Load()))])
-        return call, g
+        return with_out(expr, ast.Name(c, ast.Load())), g
     return None
+
+
+def with_out(expr, out):
+    """``expr`` (arithmetic, or a ufunc call) as a ufunc call writing into ``out``."""
+    if isinstance(expr, ast.BinOp):
+        func, args, keywords = ast.Attribute(ast.Name("np", ast.Load()), _UFUNC_OF[type(expr.op)], ast.Load()), \
+            [expr.left, expr.right], []
+    else:
+        func, args, keywords = expr.func, list(expr.args), [k for k in expr.keywords if k.arg != "out"]
+    return ast.Call(func, args, keywords + [ast.keyword("out", out)])
 
 
 def _small(shape):

@@ -27,7 +27,7 @@ import numpy as np
 from .. import ops
 from ..gradients import FreshGrad, IndexedGrad, OuterGrad, add_into, dense
 from ..tensor import _state
-from .buffers import _UFUNC_OF, Groups, _is_ufunc_call, _np_call, flatten, reuse
+from .buffers import _UFUNC_OF, Groups, _is_ufunc_call, _np_call, flatten, reuse, with_out
 from .inline import NotInlinable, foldable, source_of
 from .interpret import Interpreter
 from .passes import batched_static
@@ -356,17 +356,18 @@ def _forward_source(b, keep, write_y, saved, values):
     lists = ([f"S_{s}" for s in saved] + [f"DL{k}" for k in b.deferred]) if keep else []
     for name in lists:
         pro += [_assign(name, ast.List([], ast.Load())), _assign(f"{name}a", _attr(name, "append"))]
-    loop = flatten(_loop_body(b, keep, write_y, saved), b.info_with_constants(), "_f")
+    info = b.info_with_constants()
+    loop = flatten(_loop_body(b, keep, write_y, saved), info, "_f")
     rows = {f"h{i}" for i in b.stacked_ids}
     groups = Groups()
     for r in rows:                      # a row of an array made here that nothing else reads may take a step's values
         g = made.of.get(f"H{r[1:]}")
         groups.new(r, g is not None and g in made.owned and f"H{r[1:]}" not in values)
     outs = {b.name(v) for v in (*prog.carry_out, *prog.ys_out)}
-    _, groups = reuse(loop, b.info_with_constants(), live_out=outs | set(saved), groups=groups, pinned=rows,
+    _, groups = reuse(loop, info, live_out=outs | set(saved), groups=groups, pinned=rows,
                       neutral=b.neutral())
     if write_y:
-        loop = _place_ys(loop, b.info_with_constants())
+        loop = _place_ys(loop, info)
     body = head + pro + [ast.For(_store("i"), _call("range", _load("n")), loop or [ast.Pass()], [])]
     body.append(ast.Return(ast.Tuple([_tuple(carry), _tuple(lists + (values if keep else []))], ast.Load())))
     return _function("forward", ["K", "E", "X", "C", "Y", "t0", "n"], body), groups
@@ -387,19 +388,11 @@ def _place_ys(loop, info):
             if value is not None and info.get(st.value.id) and info[st.value.id][0] != () and (
                     (isinstance(value, ast.BinOp) and type(value.op) in _UFUNC_OF) or _is_ufunc_call(value)):
                 row = ast.Subscript(target.value, target.slice, ast.Load())
-                d.value = _with_out(value, row)
+                d.value = with_out(value, row)
                 defining.pop(st.value.id)
                 continue
         out.append(st)
     return out
-
-
-def _with_out(expr, out):
-    """``expr`` (arithmetic or a ufunc call) as a ufunc call writing into ``out``."""
-    if isinstance(expr, ast.BinOp):
-        return _call(_attr("np", _UFUNC_OF[type(expr.op)]), expr.left, expr.right, out=out)
-    keywords = [k for k in expr.keywords if k.arg != "out"] + [ast.keyword("out", out)]
-    return ast.Call(expr.func, expr.args, keywords)
 
 
 def _function(name, params, body):
@@ -442,8 +435,7 @@ class _Reverse:
         out = self.post if stacked else self.loop
         shape, dtype = self._shape(x, stacked)
         if kind == "outer":
-            expr = ast.BinOp(ast.Attribute(expr[0], "T", ast.Load()), ast.MatMult(), expr[1])
-            kind, certain = "dense", not stacked
+            expr, kind, certain = _outer_expr(expr), "dense", not stacked
         if kind == "indexed":
             index, grad = expr
             if x.id not in have:
@@ -473,6 +465,9 @@ class _Reverse:
     def _add_env(self, x, expr, kind):
         """A read value's gradient, summed over all steps: zeros before the loop when a step adds
         to it, else bound by its first contribution after the loop."""
+        exact = kind == "outer"                  # a.T @ g: already the weight's shape and dtype
+        if exact:
+            expr, kind = _outer_expr(expr), "dense"
         ge = self.ge.get(x.id)
         shape, dtype = self._shape(x, False)
         out = self.loop if self.phase == "loop" else self.post
@@ -482,15 +477,11 @@ class _Reverse:
                 self.pre.append(_assign(ge, _call(_attr("np", "zeros"), shape, dtype)))
                 self.ge_owned.add(x.id)
             else:
-                if kind == "outer":
-                    expr, kind = ast.BinOp(ast.Attribute(expr[0], "T", ast.Load()), ast.MatMult(), expr[1]), "dense"
                 out.append(_assign(ge, _call("_fit", expr, shape, dtype)))
-                if kind == "dense" and _fresh(expr):
+                if _fresh(expr):
                     self.ge_owned.add(x.id)
                 return
         elif x.id not in self.ge_owned:         # not ours to add into: the sum is a new array
-            if kind == "outer":
-                expr, kind = ast.BinOp(ast.Attribute(expr[0], "T", ast.Load()), ast.MatMult(), expr[1]), "dense"
             total = (ast.BinOp(_load(ge), ast.Add(), _call("_fit", expr, shape, dtype)) if kind != "indexed"
                      else _call("_add_into", _call(_attr(ge, "copy")), _call("_IndexedGrad", *expr), shape, dtype))
             out.append(_assign(ge, total))
@@ -498,9 +489,8 @@ class _Reverse:
             return
         if kind == "indexed":
             out.append(ast.AugAssign(_item(ge, expr[0], ast.Store), ast.Add(), expr[1]))
-        elif kind == "outer":
-            out.append(ast.AugAssign(_store(ge), ast.Add(),
-                                     ast.BinOp(ast.Attribute(expr[0], "T", ast.Load()), ast.MatMult(), expr[1])))
+        elif exact:
+            out.append(ast.AugAssign(_store(ge), ast.Add(), expr))
         else:
             out.append(_assign(ge, _call("_add_into", _load(ge), expr, shape, dtype)))
 
@@ -605,6 +595,11 @@ class _Reverse:
                 self.vjp(c)
 
 
+def _outer_expr(pair):
+    """``OuterGrad(a, g)`` multiplied out: ``a.T @ g``."""
+    return ast.BinOp(ast.Attribute(pair[0], "T", ast.Load()), ast.MatMult(), pair[1])
+
+
 def _certain(e, j):
     """Is the gradient a vjp returns for operand j already of that operand's shape and dtype?"""
     x = e.inputs[j]
@@ -666,10 +661,11 @@ def _one_buffer_for_slices(r, b):
             loop[j] = _assign(loop[j].target, loop[j].value)
 
 
-def _backward_source(b, pattern, consume, saved, values, groups=None):
-    """``backward(K, E, S, GC, GY, n) -> (carry grads, xs grads, env grads)``."""
+def _backward_source(b, pattern, consume, saved, values, groups=None, r=None):
+    """``backward(K, E, S, GC, GY, n) -> (carry grads, xs grads, env grads)``; ``r``: the reverse
+    pass for ``pattern`` if it was already written (to learn what the forward must save)."""
     prog = b.prog
-    r = _reverse(b, pattern)
+    r = r or _reverse(b, pattern)
     _one_buffer_for_slices(r, b)
     reads = _names(r.loop, ast.Load)
     rows = sorted(n for n in reads if n.startswith("h") and n[1:].isdigit())
@@ -746,10 +742,13 @@ class Compiled(Interpreter):
         self.functions, self.sources, self.env_owned = {}, {}, {}
         self._bound = None
         full = tuple(True for _ in prog.ys_out)
-        self.saved, self.values = _saved(b, _reverse(b, full))
+        r = _reverse(b, full)
+        self.saved, self.values = _saved(b, r)
         tree, self.groups = _forward_source(b, True, True, self.saved, self.values)
         self.functions[("forward", True, True)] = self._compile(tree, ("forward", True, True))
-        self.function("backward", full, True)
+        key = ("backward", full, True)
+        tree, r = _backward_source(b, full, True, self.saved, self.values, self.groups, r)
+        self.env_owned[key], self.functions[key] = r.ge_owned, self._compile(tree, key)
 
     def function(self, kind, *variant):
         """The generated function for a variant (forward: keep, write_y; backward: pattern, consume)."""

@@ -111,6 +111,10 @@ class Interpreter:
     def start(self, prog, reads, xs, T, need):
         return Run(prog, reads, xs, T, need)
 
+    def fresh(self):
+        """Whether this backend may still run its program (it captured nothing: always)."""
+        return True
+
     def outputs(self, prog, T, carry):
         """The (T, ...) arrays the ys go into, and the carry to start from."""
         return [np.empty((T,) + v.shape, v.dtype) for v in prog.ys_out], carry

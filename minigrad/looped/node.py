@@ -117,7 +117,7 @@ def _scan(fn, init, xs, length, checkpoint, backend, memo=None, reads=()):
                tuple([(t.shape[1:], t.dtype, t.requires_grad) for t in xs_flat]),
                tuple([(t.shape, t.dtype, t.requires_grad) for t in reads]))
         entry = memo.get(key)
-        if entry is not None and hasattr(entry[1], "fresh") and not entry[1].fresh():
+        if entry is not None and not entry[1].fresh():
             entry = None                              # a global its inlined code read was rebound
     if entry is None:
         traced = trace(fn, init_flat, xs_flat, carry_struct, xs_struct)

@@ -70,9 +70,7 @@ class Eqn:
 
     def but(self, **changes):
         """A copy with some fields changed."""
-        fields = {k: getattr(self, k) for k in self.__slots__}
-        fields.update(changes)
-        return Eqn(**fields)
+        return _changed(self, changes)
 
     @property
     def static_dict(self):
@@ -93,9 +91,8 @@ class Program:
         self.carry_out, self.ys_out, self.passes = carry_out, ys_out, passes
 
     def replace(self, **changes):
-        fields = {k: getattr(self, k) for k in self.__slots__}
-        fields.update(changes)
-        return Program(**fields)
+        """A copy with some fields changed."""
+        return _changed(self, changes)
 
     def rebind(self, traced):
         """This program (a compiled template) with the constants and static values of ``traced``,
@@ -134,6 +131,13 @@ class Program:
 
     def __str__(self):
         return format_program(self)
+
+
+def _changed(obj, changes):
+    """A copy of a slotted, immutable ``obj`` (an Eqn, a Program) with ``changes``."""
+    fields = {k: getattr(obj, k) for k in obj.__slots__}
+    fields.update(changes)
+    return type(obj)(**fields)
 
 
 _ATOMS = (bool, int, float, str, type(None), type(Ellipsis))
