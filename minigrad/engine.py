@@ -113,11 +113,11 @@ class record_contributions(contextlib.ContextDecorator):
     def __init__(self, *tensors):
         if not tensors or not all(isinstance(t, Tensor) for t in tensors):
             raise TypeError("record_contributions: pass the Tensors (e.g. parameters) to watch")
-        self.watch = {}       # id of a watched Tensor, and of its Node if it has one -> the Tensor
+        self.watch = {}       # a watched Tensor, and its Node if it has one -> the Tensor (backward's keys)
         for t in tensors:
-            self.watch[id(t)] = t
+            self.watch[t] = t
             if t._node is not None:
-                self.watch[id(t._node)] = t
+                self.watch[t._node] = t
         self.contributions = []
 
     def add(self, tensor, op, step, grad):
@@ -446,25 +446,23 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
     pending = _consumers(start)
     _state.retain_graph = retain_graph    # read by multi-output nodes (scan) that free their own state
     recorder = _state.recorder
-    table = GradTable(_state.anomaly, recorder)
-    table.add(id(start), grad, root.shape, root.dtype)
-    grads, owned_ids, plain, outer = table.grads, table.owned, table.plain, table.outer
+    table = GradTable(_state.anomaly, recorder)      # keyed by the graph's entries themselves (see _consumers)
+    table.add(start, grad, root.shape, root.dtype)
+    grads, owned_keys, plain = table.grads, table.owned, table.plain
     epoch = _epoch[0]
     ready = [start]
     with gc_paused():
         while ready:
             t = ready.pop()
-            if id(t) in outer:
-                g, owned = table.pop(id(t))
-            else:                                     # GradTable.pop without outer products, spelled out
-                g = grads.pop(id(t), None)
-                owned = g is not None and id(g) in owned_ids
-                if owned:
-                    owned_ids.discard(id(g))
             if type(t) is not Node:                   # a leaf Tensor: keep its gradient
+                g, owned = table.pop(t)               # (its outer products multiplied out)
                 if g is not None:
                     _accumulate_leaf(t, g, owned)
                 continue
+            g = grads.pop(t, None)                    # GradTable.pop of a node (no outer products), spelled out
+            owned = t in owned_keys
+            if owned:
+                owned_keys.discard(t)
             vjp = t._vjp
             if vjp is _freed:
                 raise RuntimeError(
@@ -487,15 +485,17 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
             for p, gi in zip(parents, in_grads):
                 if p is None:
                     continue
-                k = id(p)
                 if gi is not None:
-                    if plain and type(gi) is np.ndarray and k not in grads and type(p) is Node \
-                            and gi.shape == p.shape and gi.dtype == p.dtype:
-                        grads[k] = gi                 # GradTable.add's first use of a node, spelled out
+                    if type(p) is not Node:           # a leaf: its OuterGrads may be kept to multiply out stacked
+                        a = p._data
+                        table.add(p, gi, a.shape, a.dtype, t._op, t._step, True, report)
+                    elif plain and type(gi) is np.ndarray and p not in grads and gi.shape == p.shape \
+                            and gi.dtype is p.dtype:
+                        grads[p] = gi                 # GradTable.add's first use of a node, spelled out
                     else:
-                        table.add(k, gi, p.shape, p.dtype, t._op, t._step, type(p) is not Node, report)
-                left = pending[k] - 1
-                pending[k] = left
+                        table.add(p, gi, p.shape, p.dtype, t._op, t._step, False, report)
+                left = pending[p] - 1
+                pending[p] = left
                 if not left:
                     ready.append(p)
 
@@ -519,7 +519,12 @@ def _seed(root, grad):
 
 def _consumers(start):
     """How many uses each node reachable from ``start`` has, so backward processes a node only
-    once all its uses' gradients are summed (Kahn's order). Leaf Tensors are nodes without parents."""
+    once all its uses' gradients are summed (Kahn's order). Leaf Tensors are nodes without parents.
+
+    Keyed by the Nodes and Tensors themselves, as backward's GradTable is: both hash by identity
+    (Tensor's ``==`` is elementwise, but a dict compares keys with equal hashes only, and the
+    identity hashes of live objects differ): the ``id()`` per use they replace cost ~5% of a tiny
+    unrolled LSTM step."""
     pending = {}
     stack = [start]
     while stack:
@@ -528,11 +533,10 @@ def _consumers(start):
             continue
         for p in u._parents:
             if p is not None:
-                k = id(p)
-                if k in pending:
-                    pending[k] += 1
+                if p in pending:
+                    pending[p] += 1
                 else:
-                    pending[k] = 1
+                    pending[p] = 1
                     stack.append(p)
     return pending
 

@@ -529,3 +529,15 @@ def test_record_contributions_watches_an_intermediate_tensor_too():
     assert sorted(c.op for c in rec.of(h)) == ["multiply", "multiply", "sum"]
     assert all(c.tensor is h for c in rec.contributions)
     np.testing.assert_allclose(rec.total(h), 2 * h.data + 1)      # d/dh of sum(h^2) + sum(h)
+
+
+def test_gradient_sums_are_kept_per_graph_entry_not_per_value_or_array():
+    """Backward keys its sums by the Nodes and leaf Tensors themselves (and knows per key which
+    sums it may add into in place): equal-valued leaves stay apart though Tensor's == is
+    elementwise, and the one array add's vjp hands to both its inputs is added into for neither."""
+    a = mg.Tensor([1.0, 2.0], requires_grad=True, dtype=np.float64)
+    b = mg.Tensor([1.0, 2.0], requires_grad=True, dtype=np.float64)
+    p, q = a * 1.0, b * 1.0
+    ((p + q) + p * 5.0 + q * 7.0).sum().backward()
+    np.testing.assert_array_equal(a.grad, [6.0, 6.0])
+    np.testing.assert_array_equal(b.grad, [8.0, 8.0])

@@ -55,7 +55,7 @@ class _Watch:
 
     def __init__(self, recorder, read_vars, read_tensors):
         self.recorder = recorder
-        self.watch = {v.id: t for v, t in zip(read_vars, read_tensors) if id(t) in recorder.watch}
+        self.watch = {v.id: t for v, t in zip(read_vars, read_tensors) if t in recorder.watch}
 
     def add(self, tensor, op, step, grad):
         self.recorder.add(tensor, op, step, grad)

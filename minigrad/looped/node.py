@@ -191,7 +191,7 @@ class LoopedVJP:
         self.box = [None] * len(box)
         recorder = _state.recorder
         _, read_tensors, _, tensors = self.replay
-        if recorder is not None and any(id(t) in recorder.watch for t in (*tensors, *read_tensors)):
+        if recorder is not None and any(t in recorder.watch for t in (*tensors, *read_tensors)):
             grads = self._recording(recorder, g_carry, GY)
         else:
             runner, run = self.runner, self.run
@@ -233,7 +233,7 @@ class LoopedVJP:
         g_carry = interp.backward(run, 0, self.T, tape, g_carry, GY)
         grads = _grads(run.finish(g_carry))
         for i, (x, g) in enumerate(zip(tensors, grads)):
-            if g is not None and id(x) in recorder.watch:
+            if g is not None and x in recorder.watch:
                 recorder.add(x, "scan", None if i < len(init) else "all", g)
         return grads
 
