@@ -6,6 +6,7 @@ loop (ordinary Tensor ops, the reference), ``mg.scan(..., backend="interpret")``
 called step by step) and ``backend="numpy"`` (generated code). Outputs and the gradients of init,
 xs and every tensor the body reads must agree to 1e-12.
 """
+import ast
 import functools
 import gc
 import sys
@@ -21,11 +22,12 @@ from test_scan import plain_loop  # the loop JAX documents scan by: the referenc
 import minigrad as mg
 from minigrad import nn
 from minigrad.looped import Eqn, Program, Var, backends, passes
-from minigrad.looped.buffers import flatten, reuse
+from minigrad.looped.buffers import flatten, names_in, reuse
 from minigrad.looped.codegen import Compiled
 
 EXACT = dict(rtol=1e-12, atol=1e-12)
 codegen = sys.modules["minigrad.looped.codegen"]
+inline = sys.modules["minigrad.looped.inline"]
 
 
 # ------------------------------------------------------------------ user primitives of every kind
@@ -687,6 +689,72 @@ def test_the_cache_is_by_structure_and_values_are_bound_at_every_call(monkeypatc
         eager, _ = plain_loop(body, mg.Tensor(np.zeros((2, 3))), mg.Tensor(np.ones((5, 2, 3))))
         np.testing.assert_allclose(looped.numpy(), eager.numpy(), **EXACT)
     assert len(compiles) == 1
+
+
+@mg.primitive
+def times_k(x, *, k):
+    """Folds one way for k=True and another for k=1, which are equal and hash alike."""
+    if k is True:
+        return x * 2.0, lambda g: (g * 2.0,)
+    return x * k, lambda g: (g * k,)
+
+
+def test_a_primitive_folded_for_a_static_value_is_not_reused_for_an_equal_value_of_another_type():
+    inline.clear_templates()
+    h0, xs = mg.Tensor(np.full((1, 2), 0.3)), mg.Tensor(np.ones((3, 1, 2)))
+    for k in (True, 1, 1.0, np.float32(1.0)):
+        body = lambda h, x, k=k: ((times_k(h, k=k) * 0.5 + x).tanh(), h)
+        looped, _ = mg.scan(body, h0, xs, backend="numpy")
+        eager, _ = plain_loop(body, h0, xs)
+        np.testing.assert_allclose(looped.numpy(), eager.numpy(), **EXACT)
+    assert len({inline._frozen(v) for v in (1, True, 1.0, -0.0, 0.0, np.float32(1), np.float64(1))}) == 7
+    for unkeyed in (np.ones(2), [1, 2], float("nan")):
+        with pytest.raises(TypeError):
+            inline._frozen(unkeyed)
+
+
+def test_each_use_of_a_primitive_gets_its_own_copy_of_one_folded_template():
+    """A primitive's source is parsed and folded once per set of compile-time facts (static
+    arguments, operand ranks, shapes, dtypes); each use gets a copy under its own names, which
+    later stages may rewrite without touching the template or another use."""
+    inline.clear_templates()
+    src = inline.source_of(mg.ops.matmul.prim.fn)
+    f64 = np.dtype(np.float64)
+
+    def use(a, b, prefix, shape=(2, 3)):
+        return src.instantiate(prefix, [a, b], {"needs_grad": (True, True)}, {}, {a: shape, b: (3, 4)},
+                               {a: 2, b: 2}, None, "g", {a: f64, b: f64})
+
+    def text(inl):
+        exprs = [inl.out] + [g for g in inl.grads if g is not None]
+        return ast.unparse(ast.Module(inl.fwd + inl.vjp + [ast.Expr(e) for e in exprs], []))
+
+    first = use("a", "b", "_0_")
+    for tree in first.fwd + first.vjp + [first.out] + first.grads:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name):
+                node.id = "spoiled"                  # what a later stage may do to its copy
+    second, third = use("c", "d", "_1_"), use("c", "d", "_1_")
+    assert len(src._templates) == 1
+    assert text(second) == text(third) and "spoiled" not in text(second)
+    assert "c @ d" in text(second) and "_mm_grads" not in text(second)     # the helper folded in
+    use("a", "b", "_2_", shape=(5, 3))
+    assert len(src._templates) == 2
+
+
+def test_the_tree_walks_agree_with_the_ast_modules_own():
+    tree = ast.parse("def f(a, b):\n    x, (y, z) = a @ b, (1, b)\n    return [q for q in x if q], y.T + z")
+    for ctx in (ast.Load, ast.Store):
+        assert names_in(tree, ctx) == {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)
+                                       and isinstance(n.ctx, ctx)}
+    made = [ast.Assign([ast.Name("t", ast.Store())], ast.BinOp(ast.Name("a", ast.Load()), ast.Add(),
+                                                               ast.Constant(1.0)))]
+    ours, theirs = (ast.parse("def f(a):\n    return a") for _ in range(2))
+    for tree in (ours, theirs):
+        tree.body[0].body[:0] = inline.copy_tree(made)       # new statements, without positions
+    codegen._locate(ours)
+    ast.fix_missing_locations(theirs)
+    assert ast.dump(ours, include_attributes=True) == ast.dump(theirs, include_attributes=True)
 
 
 # ------------------------------------------------------------------ outputs, parameters and in-place changes

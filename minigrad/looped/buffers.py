@@ -23,7 +23,7 @@ import ast
 
 import numpy as np
 
-__all__ = ["reuse", "flatten", "with_out", "Groups"]
+__all__ = ["reuse", "flatten", "with_out", "Groups", "names_in"]
 
 # elements: below this a new array is as cheap as reusing one (numpy keeps small allocations in a
 # cache), and ``np.<ufunc>(a, b, out=c)`` costs a keyword call where ``a * b`` costs none
@@ -34,8 +34,31 @@ _ALLOC = {"empty", "empty_like", "zeros", "zeros_like"}
 _VIEWS = {"reshape", "transpose", "swapaxes"}
 
 
+def names_in(nodes, ctx=None):
+    """The ids of the names anywhere in ``nodes`` (a node or a list of them), only those of
+    context ``ctx`` (``ast.Load``, ``ast.Store``) if given. ``ast.walk``'s work without its
+    generators: it ran for about a third of a small body's compile."""
+    found = set()
+    stack = list(nodes) if type(nodes) is list else [nodes]
+    while stack:
+        node = stack.pop()
+        if type(node) is ast.Name:
+            if ctx is None or isinstance(node.ctx, ctx):
+                found.add(node.id)
+            continue
+        for field in node._fields:
+            value = getattr(node, field, None)
+            if type(value) is list:
+                for v in value:
+                    if isinstance(v, ast.AST):
+                        stack.append(v)
+            elif isinstance(value, ast.AST) and field != "ctx":
+                stack.append(value)
+    return found
+
+
 def _loads(node):
-    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    return names_in(node, ast.Load)
 
 
 def _np_call(expr, names=None):

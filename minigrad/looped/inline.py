@@ -12,9 +12,12 @@ renames its locals apart, binds its parameters, folds what is known at compile t
 keyword arguments, operand ranks and shapes, ``needs_grad``, pure helpers registered with
 ``foldable``) and hands back the pieces as ``ast`` nodes. A primitive of any other shape, or
 whose source no longer matches the function Python runs (a file edited since import), is
-``NotInlinable``: the generator calls it instead. The globals a template reads are looked up
-when it is instantiated and listed in ``Inlined.reads``, so a compiled program can check, at
-every call, that none was rebound since.
+``NotInlinable``: the generator calls it instead.
+
+A primitive is parsed and folded once per set of compile-time facts (``_Template``, kept by its
+``Source``, reused while every global it read is still bound to the same object); each use gets
+a copy under its own names. The globals a use reads are listed in ``Inlined.reads``, so a
+compiled program can check, at every call, that none was rebound since.
 """
 from __future__ import annotations
 
@@ -27,13 +30,11 @@ import threading
 import types
 import warnings
 
-__all__ = ["foldable", "NotInlinable", "Source", "source_of"]
+import numpy as np
+
+__all__ = ["foldable", "NotInlinable", "Source", "source_of", "copy_tree", "clear_templates"]
 
 _MISSING = object()
-try:
-    from numpy import ufunc as _ufunc
-except ImportError:          # pragma: no cover
-    _ufunc = ()
 
 
 _FOLDABLE = set()
@@ -211,7 +212,7 @@ class _Folder(ast.NodeTransformer):
         node = self.generic_visit(node)
         if (isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
                 and isinstance(self.functions.get(node.func.value.id), type(ast))      # np.<ufunc>(...)
-                and isinstance(getattr(self.functions[node.func.value.id], node.func.attr, None), _ufunc)):
+                and isinstance(getattr(self.functions[node.func.value.id], node.func.attr, None), np.ufunc)):
             node.args = [self._number(a) for a in node.args]
         fn = self.functions.get(node.func.id) if isinstance(node.func, ast.Name) else None
         if _is_foldable(fn):
@@ -363,9 +364,87 @@ class Inlined:
         self.fwd, self.out, self.vjp, self.grads, self.g, self.reads = fwd, out, vjp, grads, g, reads
 
 
+class _Template:
+    """A primitive's code folded for one set of compile-time facts (static arguments, operand
+    ranks, shapes and dtypes), under placeholder names: ``$name`` for its local ``name``,
+    ``$$o<i>`` for operand i, and ``$$g<i>``, ``$$l<i>``, ``$$c<i>`` for the i-th global it binds
+    (``reads``), numeric literal (``literals``) and folded constant (``constants``) it names.
+    ``Source.instantiate`` copies it under a use's names; it is never changed, so threads share it."""
+
+    __slots__ = ("fwd", "out", "vjp", "grads", "g", "reads", "literals", "constants")
+
+    def __init__(self, fwd, out, vjp, grads, g, reads, literals, constants):
+        self.fwd, self.out, self.vjp, self.grads, self.g = fwd, out, vjp, grads, g
+        self.reads, self.literals, self.constants = tuple(reads), tuple(literals), tuple(constants)
+
+
+_NO_NAMES = {}
+_TEMPLATES = 64         # templates kept per primitive (the oldest goes first)
+_KEYED = (type(None), bool, int, float, complex, str, bytes, type(Ellipsis), type, np.generic, np.dtype)
+
+
+def _frozen(value):
+    """A hashable key for a static argument that tells apart what folds differently (1, 1.0 and
+    True; a float32 and a float64 scalar; 0.0 and -0.0); TypeError for a value of any other kind."""
+    if isinstance(value, dict):
+        return ("dict",) + tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, tuple):
+        return ("tuple",) + tuple(_frozen(v) for v in value)
+    if isinstance(value, slice):
+        return ("slice", _frozen(value.start), _frozen(value.stop), _frozen(value.step))
+    if not isinstance(value, _KEYED) or (isinstance(value, np.generic) and value.dtype.kind not in "biufc"):
+        raise TypeError(type(value).__name__)
+    if value != value:
+        raise TypeError("nan")       # never equal to itself: would miss every time
+    if isinstance(value, (float, complex, np.inexact)):
+        return (type(value), repr(value))     # -0.0 == 0.0, but they fold to different literals
+    return (type(value), value)
+
+
+def _still_bound(reads):
+    """Is every (name, object, where) a template read still what ``where`` holds under ``name``?"""
+    for name, obj, where in reads:
+        if isinstance(where, dict):
+            current = where.get(name, _MISSING)
+        elif where is None:
+            current = getattr(builtins, name, _MISSING)
+        else:
+            try:
+                current = where.cell_contents
+            except ValueError:          # an emptied cell
+                return False
+        if current is not obj:
+            return False
+    return True
+
+
+def copy_tree(node, names=_NO_NAMES):
+    """A copy of a syntax tree (a node, a list of them, or None) with the names in ``names``
+    replaced: one pass that copies and renames, so a cached template is never changed. (About
+    ten times faster than ``copy.deepcopy``, which also copies every node's memo dict.)"""
+    if type(node) is list:
+        return [copy_tree(n, names) for n in node]
+    if not isinstance(node, ast.AST) or isinstance(node, ast.expr_context):
+        return node
+    new = node.__class__.__new__(node.__class__)
+    for field in node._fields:
+        value = getattr(node, field, None)
+        setattr(new, field, copy_tree(value, names) if isinstance(value, (list, ast.AST)) else value)
+    for attr in node._attributes:
+        if hasattr(node, attr):
+            setattr(new, attr, getattr(node, attr))
+    if type(new) is ast.Name:
+        new.id = names.get(new.id, new.id)
+    elif type(new) is ast.arg:
+        new.arg = names.get(new.arg, new.arg)
+    elif type(new) is ast.FunctionDef:
+        new.name = names.get(new.name, new.name)
+    return new
+
+
 class Source:
-    """A primitive's source, checked against its code; ``instantiate`` parses it afresh for each
-    use (no syntax tree is shared between uses, or between threads)."""
+    """A primitive's source, checked against its code, and its folded templates (see
+    ``_Template``): one parse and fold per set of compile-time facts, a copy per use."""
 
     def __init__(self, fn, helper=False):
         if getattr(fn, "__wrapped__", None) is not None:     # getsource would read the wrapped function's
@@ -411,6 +490,7 @@ class Source:
         self.reassigned = {p for p in self.params if counts.get(p, 0) > 1}
         self.free = sorted({n.id for n in ast.walk(ast.Module(body=body, type_ignores=[]))
                             if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - local)
+        self._templates = {}     # key of the compile-time facts -> _Template
 
     @staticmethod
     def _body(fdef):
@@ -445,19 +525,12 @@ class Source:
         of the operand variables, for folding. literal: maps a numeric literal in arithmetic to
         the name of a constant (see _number). g_name: the name the vjp's cotangent should have.
         """
-        fdef = ast.parse(self.src).body[0]
-        body = self._body(fdef)
-        rename = {name: f"{prefix}{name}" for name in self.locals}
-        known = {}
-        for name in self.kwonly:
-            value = static.get(name, self.kwdefaults.get(name, _MISSING))
-            if value is _MISSING:
-                raise NotInlinable(f"missing keyword {name}")
-            known[rename[name]] = value
-        functions = {}
+        t = self._template(operands, static, shapes or {}, ranks or {}, dtypes or {}, literal is not None,
+                           constant is not None)
+        names = {f"${n}": f"{prefix}{n}" for n in self.locals}
+        names.update((f"$$o{i}", o) for i, o in enumerate(operands))
         reads = []
-
-        def bind(name, obj, where):
+        for i, (name, obj, where) in enumerate(t.reads):
             target = name
             n = 0
             while target in namespace and namespace[target] is not obj:
@@ -465,10 +538,58 @@ class Source:
                 target = f"{name}_{n}"
             namespace[target] = obj
             reads.append((name, obj, where))
-            return target
+            names[f"$$g{i}"] = target
+        names.update((f"$$l{i}", literal(v)) for i, v in enumerate(t.literals))
+        names.update((f"$$c{i}", constant(v)) for i, v in enumerate(t.constants))
+        fwd, out = copy_tree(t.fwd, names), copy_tree(t.out, names)
+        g = names[t.g] = names[t.g] if g_name is None else g_name      # the cotangent: in the vjp only
+        return Inlined(fwd, out, copy_tree(t.vjp, names), copy_tree(t.grads, names), g, reads)
+
+    def _template(self, operands, static, shapes, ranks, dtypes, literal, constant):
+        """The primitive folded for these compile-time facts, from the cache while every global
+        it read is still bound to the same object (else folded afresh)."""
+        facts = tuple((ranks.get(o), shapes.get(o), dtypes.get(o)) for o in operands)
+        try:
+            key = (_frozen(static), facts, literal, constant)
+        except TypeError:
+            key = None                   # a static value without a safe key (an array): this use only
+        if key is not None:
+            with _lock:
+                t = self._templates.get(key)
+            if t is not None and _still_bound(t.reads):
+                return t
+        t = self._fold(facts, static, literal, constant)
+        if key is not None:
+            with _lock:
+                if len(self._templates) >= _TEMPLATES:
+                    self._templates.pop(next(iter(self._templates)))
+                self._templates[key] = t
+        return t
+
+    def _fold(self, facts, static, literal, constant):
+        """Parse and fold the primitive for ``facts`` (rank, shape, dtype per operand) and ``static``,
+        under placeholder names (see ``_Template``)."""
+        body = self._body(ast.parse(self.src).body[0])
+        rename = {name: f"${name}" for name in self.locals}
+        known = {}
+        for name in self.kwonly:
+            value = static.get(name, self.kwdefaults.get(name, _MISSING))
+            if value is _MISSING:
+                raise NotInlinable(f"missing keyword {name}")
+            known[rename[name]] = value
+        reads, literals, constants = [], [], []
+
+        def bind(name, obj, where):
+            reads.append((name, obj, where))
+            return f"$$g{len(reads) - 1}"
+
+        def named(values, kind):
+            return lambda value: values.append(value) or f"$${kind}{len(values) - 1}"
+        functions = {}
         for name, obj, where in self._outer():
             rename[name] = target = bind(name, obj, where)
             functions[target] = obj
+        operands = [f"$$o{i}" for i in range(len(facts))]
         prelude = []
         n_fixed = len(self.params)
         if self.vararg is None and len(operands) != n_fixed:
@@ -481,19 +602,14 @@ class Source:
         if self.vararg is not None:
             prelude.append(ast.Assign([ast.Name(rename[self.vararg], ast.Store())],
                                       ast.Tuple([ast.Name(o, ast.Load()) for o in operands[n_fixed:]], ast.Load())))
-        folder = _Folder(rename, known, dict(shapes or {}), dict(ranks or {}), functions, literal, dtypes, constant,
-                         bind)
+        ranks, shapes, dtypes = ({o: f[i] for o, f in zip(operands, facts) if f[i] is not None} for i in range(3))
+        folder = _Folder(rename, known, shapes, ranks, functions, named(literals, "l") if literal else None, dtypes,
+                         named(constants, "c") if constant else None, bind)
         folder.single = {rename.get(n, n): True for n in self.assigned_once}
-        body = _fold_block(body, folder)
-        fwd, out_expr, vjp_stmts, result, g = self._split(body)
-        if g_name is not None and g_name != g:             # name the cotangent as the caller asks
-            swap = _Folder({g: g_name}, {}, {}, {}, {})
-            vjp_stmts = [swap.visit(st) for st in vjp_stmts]
-            result = swap.visit(result)
-            g = g_name
+        fwd, out_expr, vjp_stmts, result, g = self._split(_fold_block(body, folder))
         if isinstance(result, ast.Tuple):
             result = [None if isinstance(e, ast.Constant) and e.value is None else e for e in result.elts]
-        return Inlined(prelude + fwd, out_expr, vjp_stmts, result, g, reads)
+        return _Template(prelude + fwd, out_expr, vjp_stmts, result, g, reads, literals, constants)
 
     @staticmethod
     def _split(body):
@@ -528,6 +644,14 @@ class Source:
 
 _sources = {}
 _lock = threading.Lock()
+
+
+def clear_templates():
+    """Forget every primitive's folded templates (a benchmark's cold start)."""
+    with _lock:
+        for src in _sources.values():
+            if type(src) is not tuple:
+                src._templates.clear()
 
 
 def source_of(fn, helper=False):
