@@ -369,16 +369,6 @@ def test_defer_marks_a_read_weight_of_a_per_step_product():
     assert passes.defer(prog).eqns[0].deferred == ()
 
 
-def test_last_uses_counts_what_the_step_returns_as_read_at_the_end():
-    c, x, w, b, f = _vars()
-    a = Var(4, (2, 3), f, "local", True)
-    z = Var(5, (2, 3), f, "local", True)
-    prog = passes.stage(_program([Eqn(mg.ops.add.prim, (c, x), (), a, origin=0),
-                                  Eqn(mg.ops.tanh.prim, (a,), (), z, origin=1)], [c], [x], [], [z], []))
-    last = passes.last_uses(prog)
-    assert last[c.id] == 0 and last[a.id] == 1 and last[z.id] == 2
-
-
 def test_buffer_reuse_writes_into_a_dead_owned_buffer_of_the_same_shape_only():
     import ast
     code = ast.parse("a = p * q\nb = a + r\nc = b * s\nd = c + a").body

@@ -5,8 +5,11 @@
   run once on all steps stacked (``hoisted``, through the primitive's ``batch`` rule) and which
   read only loop invariants (``once``);
 * ``defer``: mark the loop-invariant weight of a per-step product whose gradient is one product
-  over all steps after the loop instead of one per step;
-* ``last_uses``: liveness, for backends that reuse dead buffers.
+  over all steps after the loop instead of one per step.
+
+Liveness and buffer reuse are not passes on the program: they belong to the code a backend
+generates (the numpy generator's ``buffers.py``), whose statements name what the program has no
+variable for (an inlined primitive's temporaries, the reverse loop's gradients).
 
 ``optimize`` runs them in order. Primitives carry their batch rule (``mg.primitive(batch=...)``):
 ``"elementwise"`` (a leading time axis on an operand broadcasts), ``"matmul"`` or ``"index"``
@@ -20,7 +23,7 @@ import numpy as np
 from ..ops import ELEMENTWISE, INDEX, MATMUL, _is_basic
 from .program import Eqn, Program, Var  # noqa: F401  (Eqn: the passes' unit)
 
-__all__ = ["dce", "stage", "defer", "last_uses", "optimize", "batched_static"]
+__all__ = ["dce", "stage", "defer", "optimize", "batched_static"]
 
 
 def dce(prog: Program) -> Program:
@@ -93,19 +96,6 @@ def defer(prog: Program) -> Program:
                 deferred = (1,)
         eqns.append(e.but(deferred=deferred) if deferred != e.deferred else e)
     return prog.replace(eqns=tuple(eqns), passes=prog.passes + ("defer",))
-
-
-def last_uses(prog: Program, stage_name: str = "loop") -> dict:
-    """For the equations of one stage, in order: var id -> index of the last equation of that
-    stage reading it. What the step returns counts as read after the last equation."""
-    eqns = [e for e in prog.eqns if e.stage == stage_name]
-    last = {}
-    for i, e in enumerate(eqns):
-        for v in e.vars_in():
-            last[v.id] = i
-    for v in (*prog.carry_out, *prog.ys_out):
-        last[v.id] = len(eqns)
-    return last
 
 
 def optimize(prog: Program, hoist: bool = True) -> Program:
