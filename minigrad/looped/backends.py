@@ -10,6 +10,9 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+import numpy as np
+
+from . import jit
 from .codegen import compile_numpy
 from .interpret import Interpreter
 from .passes import optimize
@@ -25,7 +28,7 @@ _lock = threading.Lock()
 def lookup(traced, backend="auto"):
     """The program (after its passes) and the backend that runs it, for a call just traced:
     compiled once per structure (``traced.key``), the template rebound to this call's values."""
-    key = (traced.key, backend == "interpret")
+    key = (traced.key, backend)
     with _lock:
         entry = _templates.get(key)
     if entry is not None and entry[1].fresh():
@@ -40,26 +43,45 @@ def lookup(traced, backend="auto"):
 
 
 def get(prog, backend="auto"):
-    """The backend for ``prog`` (compiled backends cached by its structure)."""
+    """The backend for ``prog`` (compiled backends cached by its structure and backend)."""
     if backend == "interpret":
         return Interpreter(prog)
-    if backend in ("numpy", "auto"):
-        key = prog.key()
-        with _lock:
-            runner = _cache.get(key)
-            if runner is not None:
-                _cache.move_to_end(key)
-        if runner is not None and runner.fresh():
-            return runner
-        runner = compile_numpy(prog)          # outside the lock: compiles of distinct programs run at once
-        with _lock:
-            old = _cache.get(key)
-            if old is None or not old.fresh():
-                _cache[key] = old = runner
-            if len(_cache) > _CACHE_SIZE:
-                _cache.popitem(last=False)
-        return old
-    raise ValueError(f"scan: unknown backend {backend!r}")
+    if backend == "auto":
+        backend = "numba" if _jit_pays(prog) else "numpy"
+    if backend == "numba" and jit.available() is None:
+        raise ImportError('scan: backend="numba" needs numba, which is not installed: pip install "minigrad[fast]"')
+    if backend not in ("numpy", "numba"):
+        raise ValueError(f"scan: unknown backend {backend!r}")
+    key = (prog.key(), backend)
+    with _lock:
+        runner = _cache.get(key)
+        if runner is not None:
+            _cache.move_to_end(key)
+    if runner is not None and runner.fresh():
+        return runner
+    make = compile_numpy if backend == "numpy" else jit.compile_jit
+    runner = make(prog)                   # outside the lock: compiles of distinct programs run at once
+    with _lock:
+        old = _cache.get(key)
+        if old is None or not old.fresh():
+            _cache[key] = old = runner
+        if len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return old
+
+
+# The numba backend's loops beat numpy's per-op calls while a step's arrays are small; numpy's
+# vectorised exp and tanh win once they are large (benchmarks/NOTES.md, seventh session).
+JIT_MAX_ELEMENTS = 4096
+
+
+def _jit_pays(prog):
+    """``auto``'s rule: numba when it is installed and the loop's widest elementwise value holds at
+    most ``JIT_MAX_ELEMENTS`` elements per step."""
+    if jit.available() is None:
+        return False
+    sizes = [int(np.prod(e.out.shape)) for e in prog.eqns if e.stage == "loop"]
+    return max(sizes, default=0) <= JIT_MAX_ELEMENTS
 
 
 def clear_cache():

@@ -23,7 +23,7 @@ from .trace import flatten, trace, unflatten
 
 __all__ = ["scan", "scan_program"]
 
-BACKENDS = ("auto", "numpy", "interpret")
+BACKENDS = ("auto", "numpy", "numba", "interpret")
 
 
 def _check_args(init, xs, length, checkpoint, backend):

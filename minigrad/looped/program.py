@@ -129,6 +129,13 @@ class Program:
                          e.stage, e.deferred))
         return (head, tuple(body), tuple(ref(v) for v in self.carry_out), tuple(ref(v) for v in self.ys_out))
 
+    def compile(self, backend="auto"):
+        """Compile this program now, ahead of its first run (a compiled backend's first compile
+        can take seconds); ``mg.scan`` then finds it compiled. Returns the backend that runs it
+        (its ``.fallback``, if present, says why it is not the one asked for)."""
+        from .backends import get
+        return get(self, backend)
+
     def __str__(self):
         return format_program(self)
 
