@@ -76,12 +76,13 @@ def numpy_plain(X, U, W, b):
 
 # ---------------------------------------------------------------------------------- minigrad
 
-def _minigrad(X, U, W, b, unroll):
+def _minigrad(X, U, W, b, unroll, backend="auto"):
     import minigrad as mg
     if not (hasattr(mg, "nn") and hasattr(mg.nn, "LSTM")):
         raise NotImplementedError("minigrad has no mg.nn.LSTM yet")
     B, T, I = X.shape
-    lstm = mg.nn.LSTM(I, W.shape[0], return_sequences=True, unroll=unroll, dtype=X.dtype)
+    kw = {} if unroll else {"backend": backend}
+    lstm = mg.nn.LSTM(I, W.shape[0], return_sequences=True, unroll=unroll, dtype=X.dtype, **kw)
     lstm.set_weights([U.copy(), W.copy(), b.copy()])
     params = (lstm.U, lstm.W, lstm.b)
 
@@ -105,6 +106,17 @@ def _minigrad(X, U, W, b, unroll):
 
 def minigrad_looped(X, U, W, b):
     return _minigrad(X, U, W, b, unroll=False)
+
+
+def minigrad_looped_numpy(X, U, W, b):
+    return _minigrad(X, U, W, b, unroll=False, backend="numpy")
+
+
+def minigrad_looped_numba(X, U, W, b):
+    from minigrad.looped import jit
+    if jit.available() is None:
+        raise NotImplementedError("numba is not installed (pip install minigrad[fast])")
+    return _minigrad(X, U, W, b, unroll=False, backend="numba")
 
 
 def minigrad_unrolled(X, U, W, b):
@@ -314,7 +326,10 @@ class Spec:
 
 IMPLS = {s.name: s for s in (
     Spec("numpy floor", numpy_floor, doc="hand-written numpy BPTT, allocation-free (benchmarks/numpy_lstm.py)"),
-    Spec("minigrad looped", minigrad_looped, doc="mg.nn.LSTM(unroll=False): the recurrence is one graph node"),
+    Spec("minigrad looped", minigrad_looped, doc="mg.nn.LSTM(unroll=False): the recurrence is one graph node, "
+                                                 "backend='auto'"),
+    Spec("minigrad looped numpy", minigrad_looped_numpy, doc="the same, backend='numpy': generated numpy loops"),
+    Spec("minigrad looped numba", minigrad_looped_numba, doc="the same, backend='numba': compiled loops"),
     Spec("minigrad unrolled", minigrad_unrolled, doc="mg.nn.LSTM(unroll=True): T copies of the cell's ops"),
     Spec("torch fused", torch_fused, doc="torch.nn.LSTM, fused C++ kernel"),
     Spec("jax scan", jax_scan, doc="jax.jit(value_and_grad) of lax.scan, input projection hoisted"),

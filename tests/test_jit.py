@@ -239,3 +239,56 @@ def test_auto_falls_back_cleanly_for_a_program_numba_cannot_express():
     ref.sum().backward()
     np.testing.assert_allclose(h.numpy(), ref.numpy(), rtol=1e-12)
     np.testing.assert_allclose(g, W.grad, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ the looped node's guarantees, on numba
+
+@pytest.mark.parametrize("T", [1, 4, 9])
+@pytest.mark.parametrize("k", [1, 3, "T", "T+5"])
+def test_checkpointing_gives_the_same_gradients_on_the_compiled_loops(T, k):
+    corpus.test_checkpointing_gives_the_same_gradients(T, k, "numba")
+
+
+def test_outputs_never_share_memory_on_the_compiled_loops():
+    corpus.test_outputs_never_share_memory_with_each_other_the_inputs_or_a_parameter("numba")
+
+
+def test_an_in_place_change_before_backward_is_refused_on_the_compiled_loops():
+    """A read value changed in place before backward is refused, as on numpy. The final carry is
+    a copy the reverse loop never reads (numpy's is the saved tanh output, so there it is
+    refused): changing it leaves the gradients as they were."""
+    rng = np.random.default_rng(1)
+    h0 = mg.Tensor(rng.uniform(-1, 1, (4, 8)), requires_grad=True)
+    xs = mg.Tensor(rng.uniform(-1, 1, (4, 4, 8)))
+    W = mg.Tensor(rng.uniform(-1, 1, (8, 8)) * 0.1, requires_grad=True)
+    W2 = W * 1.0                                  # not a leaf: versions, not pins
+    body = lambda h, x: ((h @ W2 + x).tanh(), h)
+    carry, ys = mg.scan(body, h0, xs, backend="numba")
+    W2 += 1.0
+    with pytest.raises(RuntimeError, match="modified in place"):
+        carry.sum().backward()
+    grads = []
+    for change in (False, True):
+        h0.grad = None
+        carry, ys = mg.scan(lambda h, x: ((h @ W + x).tanh(), h), h0, xs, backend="numba")
+        loss = carry.sum() + ys.sum()
+        if change:
+            carry += 5.0
+        loss.backward()
+        grads.append(h0.grad.copy())
+    np.testing.assert_array_equal(grads[0], grads[1])
+    M = rng.uniform(-1, 1, (4, 8))                # a plain array the body takes: pinned, as eager pins it
+    carry, _ = mg.scan(lambda h, x: ((h * M + x).tanh(), h), h0, xs, backend="numba")
+    with pytest.raises(ValueError, match="read-only"):
+        M[...] = 0.0
+
+
+def test_anomaly_mode_checks_every_vjp_on_the_compiled_backend():
+    """Under ``mg.detect_anomaly`` the numba backend runs its steps through the interpreter, which
+    names the op whose gradient is not finite."""
+    W = mg.Tensor(np.full((2, 2), 0.5), requires_grad=True)
+    h0, xs = mg.Tensor(np.zeros((1, 2))), mg.Tensor(np.full((3, 1, 2), -1.0))
+    with mg.detect_anomaly():
+        h, _ = mg.scan(lambda h, x: ((h @ W + x).relu().sqrt(), h), h0, xs, backend="numba")
+        with pytest.raises(Exception, match="sqrt"):
+            h.sum().backward()

@@ -476,12 +476,18 @@ def test_first_compiles_of_distinct_bodies_in_four_threads_at_once():
     assert not errors and results == {0: True, 1: True, 2: True, 3: True}
 
 
-def test_a_forward_without_backward_frees_its_saved_arrays_with_the_collector_off():
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_forward_without_backward_frees_its_saved_arrays_with_the_collector_off(backend):
     """No reference cycle (hub vjp -> outputs -> Tensor -> Node -> hub): dropping the outputs
     frees what the loop saved for backward by reference counting alone."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    from minigrad.looped.jit import JitRunner
+    runner = {"numpy": Compiled, "numba": JitRunner}[backend]
     lstm, (x,) = _lstm_and_inputs([3])
+    lstm.backend = backend
     seen = []
-    real = Compiled.forward
+    real = runner.forward
 
     def spy(self, run, t0, t1, carry, keep, Y=None):
         carry, saved = real(self, run, t0, t1, carry, keep, Y)
@@ -493,13 +499,13 @@ def test_a_forward_without_backward_frees_its_saved_arrays_with_the_collector_of
     was = gc.isenabled()
     gc.disable()
     try:
-        Compiled.forward = spy
+        runner.forward = spy
         out = lstm(mg.Tensor(x))
         assert out.requires_grad and seen
         del out
         assert all(r() is None for r in seen)
     finally:
-        Compiled.forward = real
+        runner.forward = real
         if was:
             gc.enable()
 

@@ -71,17 +71,19 @@ def get(prog, backend="auto"):
 
 
 # The numba backend's loops beat numpy's per-op calls while a step's arrays are small; numpy's
-# vectorised exp and tanh win once they are large (benchmarks/NOTES.md, seventh session).
-JIT_MAX_ELEMENTS = 4096
+# vectorised exp and tanh win once they are large, and a long program compiles for minutes
+# (benchmarks/NOTES.md, seventh session: the crossover and the compile times behind these).
+JIT_MAX_ELEMENTS = 2048
+JIT_MAX_EQNS = 48
 
 
 def _jit_pays(prog):
-    """``auto``'s rule: numba when it is installed and the loop's widest elementwise value holds at
-    most ``JIT_MAX_ELEMENTS`` elements per step."""
+    """``auto``'s rule: numba when it is installed, the loop has at most ``JIT_MAX_EQNS``
+    equations and its widest value at most ``JIT_MAX_ELEMENTS`` elements per step."""
     if jit.available() is None:
         return False
-    sizes = [int(np.prod(e.out.shape)) for e in prog.eqns if e.stage == "loop"]
-    return max(sizes, default=0) <= JIT_MAX_ELEMENTS
+    loop = [e for e in prog.eqns if e.stage != "once"]
+    return len(loop) <= JIT_MAX_EQNS and max((int(np.prod(e.out.shape)) for e in loop), default=0) <= JIT_MAX_ELEMENTS
 
 
 def clear_cache():

@@ -99,6 +99,7 @@ class Interpreter:
     """Runs any program: each equation is a call of its primitive."""
 
     name = "interpret"
+    owns_carry = False          # is the final carry always a fresh array of its own? (see node._own_carry)
 
     def __init__(self, prog: Program):
         self.hoisted = [e for e in prog.eqns if e.stage == "hoisted"]

@@ -35,6 +35,7 @@ from ..ops import sum as _sum
 from ..tensor import _state
 from .interpret import Interpreter
 from .lowering import RULES, E, sigmoid_floor, snapshot_current
+from .passes import defer
 from .program import Const, Var
 
 __all__ = ["Unsupported", "JitRunner", "compile_jit", "available"]
@@ -301,6 +302,7 @@ class _Gen:
         self.temps = sorted(i for i, h in plan.homes.items() if h == ("temp",))
         self.deferred_outs = {e.out.id: e for e in sorted((e for e in plan.loop if e.deferred), key=lambda e: e.out.id)}
         self.grads = sorted(e.out.id for e in plan.loop if e.out.requires_grad and e.out.id not in self.deferred_outs)
+        self.env_t = {}      # env id -> position of its transpose among the reverse loop's arguments
 
     # -------------------------------------------------------------- shared pieces
     def fwd_params(self):
@@ -458,7 +460,7 @@ class _Gen:
         return (self.fwd_params() + [f"GC{j}" for j in range(self.n_carry)] + [f"GY{k}" for k in range(self.n_ys)]
                 + [f"GI{j}" for j in range(self.n_carry)] + [f"GX{i}" for i in range(len(p.stacked))]
                 + [f"GE{i}" for i in range(len(p.env))] + [f"GD{i}" for i in self.deferred_outs]
-                + [f"G{i}" for i in self.grads])
+                + [f"G{i}" for i in self.grads] + [f"ET{k}" for k in range(len(self.env_t))])
 
     def backward(self):
         p, prog = self.p, self.p.prog
@@ -546,7 +548,11 @@ class _Gen:
         g, out = _n(f"g{e.out.id}"), []
         if self.p.needs(e, a) and 0 not in e.deferred:
             acc = self._first(a, True, out)
-            out.append(_expr_call("mm_nt", g, _n(f"v{b.id}"), _n(f"g{a.id}"), acc))
+            if b.id in self.p.env:           # its transpose, made once per call: a product along rows
+                self.env_t.setdefault(b.id, len(self.env_t))
+                out.append(_expr_call("mm", g, _n(f"ET{self.env_t[b.id]}"), _n(f"g{a.id}"), acc))
+            else:
+                out.append(_expr_call("mm_nt", g, _n(f"v{b.id}"), _n(f"g{a.id}"), acc))
         if self.p.needs(e, b) and 1 not in e.deferred:
             acc = self._first(b, True, out)
             out.append(_expr_call("mm_tn", _n(f"v{a.id}"), g, _n(f"g{b.id}"), acc))
@@ -606,8 +612,12 @@ class JitRunner(Interpreter):
     """The numba backend: the interpreter's once and hoisted stages, compiled loops for the rest."""
 
     name = "numba"
+    owns_carry = True           # copied out of the carries' history (forward)
 
     def __init__(self, prog):
+        # Nothing is hoisted: a step's input product runs inside the compiled loop, where it
+        # costs less than a call of numpy does outside it (its weight's gradient stays deferred).
+        prog = defer(prog.replace(eqns=tuple(e.but(stage="loop") if e.stage == "hoisted" else e for e in prog.eqns)))
         super().__init__(prog)
         if not snapshot_current():
             raise Unsupported("a helper of ops.py that the lowering rules mirror is rebound")
@@ -649,6 +659,9 @@ class JitRunner(Interpreter):
             v, lead = p.vars[next(k for k, m in p.stacked.items() if m == i)], True
         elif kind in ("E", "GE"):
             v, lead = p.vars[next(k for k, m in p.env.items() if m == i)], False
+        elif kind == "ET":
+            v = p.vars[next(k for k, m in self.gen.env_t.items() if m == i)]
+            return _nb_array(v.dtype, 2, True)
         elif kind in ("Y", "GY"):
             v, lead = prog.ys_out[i], True
         elif kind == "K":
@@ -714,8 +727,9 @@ class JitRunner(Interpreter):
         GE = [np.zeros(vars_[i].shape, vars_[i].dtype) for i in p.env]
         GD = [np.empty((n,) + vars_[i].shape, vars_[i].dtype) for i in gen.deferred_outs]
         B, G, GI = self._scratch()
+        ET = [np.ascontiguousarray(run.E[p.env[i]].T) for i in gen.env_t]
         self.kernels[1](n, *tape.HC, *tape.X, *run.E, *run.K, *tape.S, *tape.Y, *GC, *GYs, *GI, *GX, *GE, *GD,
-                        *G, *B)
+                        *G, *ET, *B)
         hgrads = GradTable(_state.anomaly)
         for i, k in p.stacked.items():
             if i in self.reached:
@@ -729,7 +743,8 @@ class JitRunner(Interpreter):
                 A = self._stacked(a, tape)
                 gw = A.reshape(-1, A.shape[-1]).T @ D.reshape(-1, D.shape[-1])
                 run.cross.add(w.id, FreshGrad(gw), w.shape, w.dtype, "scan", None, True)
-        self._hoisted_backward(run, t0, t1, tape.htape, hgrads)
+        if tape.htape or hgrads.grads:
+            self._hoisted_backward(run, t0, t1, tape.htape, hgrads)
         return [GC[j] if v.id in self.reached else None for j, v in enumerate(prog.carry_in)]
 
     def _stacked(self, v, tape):

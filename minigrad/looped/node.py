@@ -79,9 +79,12 @@ def scan(fn, init, xs=None, length=None, *, checkpoint=None, backend="auto"):
     checkpoint : int, optional
         Keep the carry every ``checkpoint`` steps and recompute each segment's forward during
         backward: memory for about T / k carries plus k steps, about one extra forward of time.
-    backend : {"auto", "numpy", "interpret"}
-        ``"numpy"``: generated straight-line numpy; ``"interpret"``: each primitive called step
-        by step (the reference). ``"auto"``: the fastest available (numpy).
+    backend : {"auto", "numpy", "numba", "interpret"}
+        ``"numpy"``: generated straight-line numpy; ``"numba"``: the loops compiled with numba
+        (``pip install minigrad[fast]``; compiled once per program and cached on disk, a program
+        it cannot express runs on numpy); ``"interpret"``: each primitive called step by step
+        (the reference). ``"auto"``: numba where it is installed and the step is small (see
+        ``minigrad.looped.backends``), else numpy.
 
     Returns
     -------
@@ -135,7 +138,7 @@ def _scan(fn, init, xs, length, checkpoint, backend, memo=None, reads=()):
     run = runner.start(prog, arrays[0], arrays[1], T, need)
     Y, carry = runner.outputs(prog, T, list(arrays[2]))
     carry, segments = _forward(runner, run, T, carry, need, checkpoint, Y)
-    outs = [Tensor(a) for a in (*_own_carry(carry, Y, arrays), *Y)]
+    outs = [Tensor(a) for a in (*(carry if runner.owns_carry else _own_carry(carry, Y, arrays)), *Y)]
     if need:
         vjp = LoopedVJP(runner, run, segments, T, checkpoint, [(c.shape, c.dtype) for c in carry],
                         (program, read_tensors, arrays, init_flat + xs_flat))

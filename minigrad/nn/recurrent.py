@@ -402,7 +402,7 @@ _OPTIONS = """
 
     Looped mode (``unroll=False``) takes ``mg.scan``'s ``checkpoint=`` (keep the state every k
     steps and recompute each segment during backward: less memory, about one more forward of
-    time) and ``backend=`` (``"auto"``, ``"numpy"``, ``"interpret"``)."""
+    time) and ``backend=`` (``"auto"``, ``"numpy"``, ``"numba"``, ``"interpret"``: see ``mg.scan``)."""
 
 
 class LSTM(_Layer):
