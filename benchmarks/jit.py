@@ -2,7 +2,8 @@
 
     python benchmarks/jit.py crossover      # LSTM training step, numba against numpy, over (batch, hidden)
     python benchmarks/jit.py compile        # first compile and a cached load (separate processes)
-    python benchmarks/jit.py                # both
+    python benchmarks/jit.py products       # the matrix products of an LSTM training step alone
+    python benchmarks/jit.py                # all three
 
 crossover: one LSTM training step (T = 50, input 32, float32, loss = sum of every h), both
 backends in this process, alternated, median of many steps each; the ratio numba / numpy and the
@@ -11,6 +12,10 @@ widest value of the loop (batch x 4H gate values), which is what ``auto``'s rule
 
 compile: the first call of a body in a fresh process with an empty cache directory (trace,
 generate, compile both loops), then the same in a second process that loads the machine code.
+
+products: numpy's BLAS on exactly the products one LSTM training step needs (x U for all steps,
+h W and the carry's gradient g W^T per step, the weight gradients X^T G and H^T G): the limit for
+any numpy framework at that size (the harness's sizes, T = 50, float32, one BLAS thread).
 """
 from __future__ import annotations
 
@@ -66,7 +71,7 @@ def crossover():
 BODIES = {
     "LSTM": "lambda s, x: (lambda hc: (hc, hc[0]))(nn.lstm_step(x, s, U, W, b))",
     "GRU": "lambda s, x: (lambda h: (h, h[0]))(nn.gru_step(x, s, U[:, :3 * H], W[:, :3 * H], B2))",
-    "240-op chain": "chain",
+    "chain of 34 blocks": "chain",
 }
 
 CHILD = """
@@ -85,7 +90,7 @@ B2 = mg.Tensor(np.zeros((2, 3 * H)), requires_grad=True)
 V = mg.Tensor(rng.standard_normal((H, H)) * 0.1, requires_grad=True)
 def chain(h, x):
     (h,) = h
-    for _ in range(48):
+    for _ in range(34):
         z = (h @ V + x[..., :H]).tanh()
         h = z * 0.5 - h * 0.5
     return (h,), h
@@ -120,14 +125,41 @@ def compile_table():
         print(f"| {name} | {first['ops']} | {first['first']:.2f} s | {second['first']:.2f} s |", flush=True)
 
 
+def products():
+    print("| size (batch, input, hidden) | products alone |")
+    print("|---|---|")
+    rng = np.random.default_rng(0)
+    for name, (B, I, H) in (("tiny", (1, 8, 16)), ("medium", (32, 100, 128)), ("large", (64, 256, 512))):
+        T = 50
+        f = lambda *s: rng.standard_normal(s).astype(np.float32)
+        X, U, W, h, g = f(T * B, I), f(I, 4 * H), f(H, 4 * H), f(B, H), f(B, 4 * H)
+        G, Hs = f(T * B, 4 * H), f(T * B, H)
+
+        def step():
+            X @ U
+            for _ in range(T):
+                h @ W
+                g @ W.T
+            X.T @ G
+            Hs.T @ G
+        times = []
+        for _ in range(20 if H < 512 else 5):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        print(f"| {name} ({B}, {I}, {H}) | {statistics.median(times) * 1e3:.3f} ms |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", choices=["crossover", "compile"], default=None)
+    parser.add_argument("what", nargs="?", choices=["crossover", "compile", "products"], default=None)
     what = parser.parse_args().what
     if what in (None, "crossover"):
         crossover()
     if what in (None, "compile"):
         compile_table()
+    if what in (None, "products"):
+        products()
 
 
 if __name__ == "__main__":

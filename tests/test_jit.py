@@ -292,3 +292,21 @@ def test_anomaly_mode_checks_every_vjp_on_the_compiled_backend():
         h, _ = mg.scan(lambda h, x: ((h @ W + x).relu().sqrt(), h), h0, xs, backend="numba")
         with pytest.raises(Exception, match="sqrt"):
             h.sum().backward()
+
+
+def test_edge_values_follow_numpy_not_python():
+    """Division by zero, log of 0 and of a negative number, sqrt of a negative number: inf and NaN
+    as numpy gives them (numba's default would raise ZeroDivisionError)."""
+    xs = mg.Tensor(np.array([[[0.0, -1.0, 2.0]], [[1.0, 0.0, -3.0]]]), requires_grad=True)
+    h0 = mg.Tensor(np.array([[1.0, 0.0, -2.0]]), requires_grad=True)
+    body = lambda h, x: (h / x + x.log() * 0.0 + (x - 0.5).sqrt() * 0.0, h)
+    out = {}
+    for backend in ("numpy", "numba"):
+        h0.grad = xs.grad = None
+        with np.errstate(all="ignore"):
+            c, ys = mg.scan(body, h0, xs, backend=backend)
+            (c.sum() + ys.sum()).backward()
+        out[backend] = (c.numpy(), h0.grad, xs.grad)
+    for a, b in zip(out["numba"], out["numpy"]):
+        np.testing.assert_array_equal(a, b)
+    assert not np.isfinite(out["numba"][0]).all() and not np.isfinite(out["numba"][2]).all()

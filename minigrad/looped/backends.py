@@ -72,7 +72,7 @@ def get(prog, backend="auto"):
 
 # The numba backend's loops beat numpy's per-op calls while a step's arrays are small; numpy's
 # vectorised exp and tanh win once they are large, and a long program compiles for minutes
-# (benchmarks/NOTES.md, seventh session: the crossover and the compile times behind these).
+# (measured: the repository's benchmark notes, seventh session, have the crossover and compile times).
 JIT_MAX_ELEMENTS = 2048
 JIT_MAX_EQNS = 48
 

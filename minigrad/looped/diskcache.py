@@ -31,6 +31,8 @@ _warned = set()
 _lock = threading.Lock()
 stats = {"compiled": 0, "loaded": 0}     # functions compiled afresh / loaded from disk, this process
 NOTICE_AFTER = 1.0                          # seconds before a compile says what it is doing
+# numba's options for the loops: IEEE results (inf, NaN) where Python's would raise, as numpy gives them
+OPTIONS = {"nogil": True, "error_model": "numpy"}
 
 
 def cache_dir() -> Path:
@@ -46,8 +48,8 @@ def _fingerprint(source):
     import numba
     kernels = Path(__file__).with_name("kernels.py").read_bytes()
     h = hashlib.sha256()
-    for part in (source.encode(), kernels, numba.__version__.encode(), np.__version__.encode(),
-                 sys.version.encode()):
+    for part in (source.encode(), kernels, repr(sorted(OPTIONS.items())).encode(), numba.__version__.encode(),
+                 np.__version__.encode(), sys.version.encode()):
         h.update(part)
         h.update(b"\0")
     return h.hexdigest()[:32]
@@ -111,7 +113,7 @@ def load(source, signatures):
     try:
         out = []
         for fname, sig in zip(("forward", "backward"), signatures):
-            fn = njit(sig, cache=on_disk, nogil=True)(getattr(module, fname))
+            fn = njit(sig, cache=on_disk, **OPTIONS)(getattr(module, fname))
             hits = sum(fn.stats.cache_hits.values()) if on_disk else 0
             stats["loaded" if hits else "compiled"] += 1
             out.append(fn)

@@ -14,7 +14,7 @@ SMALL = 1 << 12      # multiply-adds: above it BLAS is faster (measured in numba
 #                      1x64x256 loop 1.17, BLAS 0.87; 4x32x128 loop 1.16, BLAS 0.44)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def mm(a, b, out, acc):
     """out (+)= a @ b; a (m, k), b (k, n)."""
     m, k = a.shape
@@ -34,7 +34,7 @@ def mm(a, b, out, acc):
                 out[i, j] += aip * b[p, j]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def mm_nt(g, b, out, acc):
     """out (+)= g @ b.T; g (m, n), b (k, n): the gradient of a in a @ b."""
     m, n = g.shape
@@ -55,7 +55,7 @@ def mm_nt(g, b, out, acc):
                 out[i, p] += gij * b[p, j]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def mm_tn(a, g, out, acc):
     """out (+)= a.T @ g; a (m, k), g (m, n): the gradient of b in a @ b."""
     m, k = a.shape
