@@ -22,3 +22,15 @@ def _restore_default_dtype():
     before = mg.get_default_dtype()
     yield
     mg.set_default_dtype(before)
+
+
+@pytest.fixture(autouse=True)
+def _auto_means_numpy_outside_the_numba_tests(request, monkeypatch):
+    """``backend="auto"`` picks numba for small steps where numba is installed, and each new
+    program is a compile of seconds. The suite's looped tests are about semantics, which
+    tests/test_jit.py holds the numba backend to (its corpus, the layers, the looped node's
+    guarantees, auto's rule): elsewhere auto means numpy, so the suite does not spend its time
+    compiling."""
+    if request.module.__name__ != "test_jit":
+        from minigrad.looped import backends
+        monkeypatch.setattr(backends, "_jit_pays", lambda prog: False)

@@ -310,3 +310,10 @@ def test_edge_values_follow_numpy_not_python():
     for a, b in zip(out["numba"], out["numpy"]):
         np.testing.assert_array_equal(a, b)
     assert not np.isfinite(out["numba"][0]).all() and not np.isfinite(out["numba"][2]).all()
+
+
+def test_one_compiled_lstm_from_four_threads_with_different_batch_sizes():
+    """The issue-13 thread test with ``auto`` choosing numba: each thread has its own scratch
+    buffers, the compiled loops hold no state between calls."""
+    assert isinstance(backends.get(_lstm_program(1, 8), "auto"), JitRunner)
+    corpus.test_one_looped_lstm_from_four_threads_with_different_batch_sizes()
