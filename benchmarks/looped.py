@@ -5,9 +5,10 @@ the sequence length with and without ``checkpoint=``.
     python benchmarks/looped.py memory         # peak memory of an LSTM training step against T
     python benchmarks/looped.py                # both
 
-Each figure is the median of a few runs in this process (compile: the caches cleared before each
-run, so every run compiles); memory is tracemalloc's peak over one training step, after a
-warm-up step, as a multiple of the state the step keeps without checkpointing (T*B*6H values).
+Each figure is the median of a few runs in this process (compile: the numpy backend, the caches
+cleared before each run, so every run compiles); memory is tracemalloc's peak over one training
+step, after a warm-up step, as a multiple of the state the step keeps without checkpointing
+(T*B*6H values).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def first_call(n_ops, T=20, reps=3):
 
     def run():
         t0 = time.perf_counter()
-        carry, _ = mg.scan(body, h0, xs)
+        carry, _ = mg.scan(body, h0, xs, backend="numpy")      # the generator's own compile
         carry.sum().backward()
         return time.perf_counter() - t0
     times = {"cold": [], "warm": [], "later": []}

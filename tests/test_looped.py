@@ -454,6 +454,7 @@ def test_one_looped_lstm_from_four_threads_with_different_batch_sizes():
 
 def test_first_compiles_of_distinct_bodies_in_four_threads_at_once():
     backends.clear_cache()
+    inline.clear_templates()             # the primitives' templates too: made and shared meanwhile
     barrier, errors, results = threading.Barrier(4), [], {}
 
     def worker(k):
