@@ -317,3 +317,18 @@ def test_one_compiled_lstm_from_four_threads_with_different_batch_sizes():
     buffers, the compiled loops hold no state between calls."""
     assert isinstance(backends.get(_lstm_program(1, 8), "auto"), JitRunner)
     corpus.test_one_looped_lstm_from_four_threads_with_different_batch_sizes()
+
+
+def test_changing_the_ys_before_backward_is_refused():
+    """The reverse loop may read a step's value from the ys the user holds (``y = tanh`` of the
+    step, whose vjp reads y): an in-place change of them before backward is refused, never a
+    silently wrong gradient."""
+    rng = np.random.default_rng(2)
+    W = mg.Tensor(rng.uniform(-1, 1, (3, 3)), requires_grad=True)
+    h0, xs = mg.Tensor(np.zeros((2, 3))), mg.Tensor(rng.uniform(-1, 1, (5, 2, 3)))
+    body = lambda h, x: (lambda n: (n, (n * 2.0).tanh()))((h @ W + x).tanh())
+    _, ys = mg.scan(body, h0, xs, backend="numba")
+    loss = ys.sum()                               # sum saves nothing: what refuses is the scan's own check
+    ys += 5.0
+    with pytest.raises(RuntimeError, match="modified in place"):
+        loss.backward()
