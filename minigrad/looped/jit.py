@@ -81,6 +81,11 @@ def _expr_call(fn, *args):
     return ast.Expr(ast.Call(_n(fn), [a if isinstance(a, ast.AST) else ast.Constant(a) for a in args], []))
 
 
+def _T(name):
+    """``name.T``."""
+    return ast.Attribute(_n(name), "T", ast.Load())
+
+
 def _fill0(name):
     return ast.Expr(ast.Call(ast.Attribute(_n(name), "fill", ast.Load()), [ast.Constant(0)], []))
 
@@ -552,10 +557,10 @@ class _Gen:
                 self.env_t.setdefault(b.id, len(self.env_t))
                 out.append(_expr_call("mm", g, _n(f"ET{self.env_t[b.id]}"), _n(f"g{a.id}"), acc))
             else:
-                out.append(_expr_call("mm_nt", g, _n(f"v{b.id}"), _n(f"g{a.id}"), acc))
+                out.append(_expr_call("mm", g, _T(f"v{b.id}"), _n(f"g{a.id}"), acc))
         if self.p.needs(e, b) and 1 not in e.deferred:
             acc = self._first(b, True, out)
-            out.append(_expr_call("mm_tn", _n(f"v{a.id}"), g, _n(f"g{b.id}"), acc))
+            out.append(_expr_call("mm", _T(f"v{a.id}"), g, _n(f"g{b.id}"), acc))
         return out
 
     def _vjp_sum(self, e):
@@ -590,7 +595,7 @@ class _Gen:
 
 HEADER = """import math
 import numpy as np
-from minigrad.looped.kernels import mm, mm_nt, mm_tn
+from minigrad.looped.kernels import mm
 f32, f64, b1 = np.float32, np.float64, np.bool_
 """
 

@@ -16,14 +16,16 @@ SMALL = 1 << 12      # multiply-adds: above it BLAS is faster (measured in numba
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def mm(a, b, out, acc):
-    """out (+)= a @ b; a (m, k), b (k, n)."""
+    """out (+)= a @ b; a (m, k), b (k, n), of any layout: the vjps pass transposed views
+    (``g @ b.T``, ``a.T @ g``)."""
     m, k = a.shape
     n = b.shape[1]
     if m * k * n > SMALL:
+        r = np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
         if acc:
-            out += np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
+            out += r
         else:
-            np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b), out)
+            out[:] = r
         return
     if not acc:
         out[:] = 0
@@ -32,45 +34,3 @@ def mm(a, b, out, acc):
             aip = a[i, p]
             for j in range(n):
                 out[i, j] += aip * b[p, j]
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def mm_nt(g, b, out, acc):
-    """out (+)= g @ b.T; g (m, n), b (k, n): the gradient of a in a @ b."""
-    m, n = g.shape
-    k = b.shape[0]
-    if m * k * n > SMALL:
-        r = np.dot(np.ascontiguousarray(g), np.ascontiguousarray(b).T)
-        if acc:
-            out += r
-        else:
-            out[:] = r
-        return
-    if not acc:
-        out[:] = 0
-    for i in range(m):
-        for j in range(n):
-            gij = g[i, j]
-            for p in range(k):
-                out[i, p] += gij * b[p, j]
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def mm_tn(a, g, out, acc):
-    """out (+)= a.T @ g; a (m, k), g (m, n): the gradient of b in a @ b."""
-    m, k = a.shape
-    n = g.shape[1]
-    if m * k * n > SMALL:
-        r = np.dot(np.ascontiguousarray(a).T, np.ascontiguousarray(g))
-        if acc:
-            out += r
-        else:
-            out[:] = r
-        return
-    if not acc:
-        out[:] = 0
-    for i in range(m):
-        for p in range(k):
-            aip = a[i, p]
-            for j in range(n):
-                out[p, j] += aip * g[i, j]
