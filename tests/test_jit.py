@@ -332,3 +332,23 @@ def test_changing_the_ys_before_backward_is_refused():
     ys += 5.0
     with pytest.raises(RuntimeError, match="modified in place"):
         loss.backward()
+
+
+def test_a_program_numba_fails_to_compile_runs_on_numpy(monkeypatch):
+    """A compile error inside numba (here, a stand-in for one) is no error of the user's: the
+    program runs on the numpy backend, and ``.fallback`` says what happened."""
+    from numba.core.errors import TypingError
+
+    def broken(source, signatures):
+        raise TypingError("a typing failure")
+    monkeypatch.setattr(diskcache, "load", broken)
+    backends.clear_cache()
+    W = mg.Tensor(np.full((2, 2), 0.3), requires_grad=True)
+    body = lambda h, x: ((h @ W + x).tanh(), h)
+    h0, xs = mg.Tensor(np.zeros((1, 2))), mg.Tensor(np.ones((3, 1, 2)))
+    runner = backends.get(mg.scan_program(body, h0, xs), "auto")
+    assert isinstance(runner, Compiled) and "could not compile (TypingError" in runner.fallback
+    h, _ = mg.scan(body, h0, xs)
+    ref, _ = mg.scan(body, h0, xs, backend="interpret")
+    np.testing.assert_allclose(h.numpy(), ref.numpy(), rtol=1e-12)
+    backends.clear_cache()

@@ -784,11 +784,12 @@ def _nb_array(dtype, ndim, readonly):
 
 def compile_jit(prog):
     """The numba backend for ``prog``, compiled; the numpy backend (the reason in ``.fallback``)
-    for a program it cannot express."""
+    for a program it cannot express or numba fails to compile."""
     from .codegen import compile_numpy
     try:
         return JitRunner(prog).compile()
-    except Unsupported as err:
+    except Exception as err:            # noqa: BLE001  (Unsupported, or numba failing to compile: numpy runs it)
         runner = compile_numpy(prog)
-        runner.fallback = f"numba: {err}"
+        runner.fallback = f"numba: {err}" if isinstance(err, Unsupported) else \
+            f"numba: could not compile ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
         return runner
