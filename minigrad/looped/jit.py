@@ -316,8 +316,8 @@ class _Gen:
                 + [f"E{i}" for i in range(len(p.env))] + [f"K{m}" for m in range(len(p.consts))]
                 + [f"S{i}" for i in self.saved] + [f"Y{k}" for k in range(self.n_ys)])
 
-    def home(self, u, stage):
-        """The expression of value ``u`` in step t (``stage``: "fwd" or "bwd")."""
+    def home(self, u):
+        """The expression of value ``u`` in step t (the same in both loops)."""
         p = self.p
         if u.id in p.carry_ix:
             return _sub(f"HC{p.carry_ix[u.id]}", _n("t"))
@@ -370,8 +370,8 @@ class _Gen:
     def forward(self):
         p, prog = self.p, self.p.prog
         pre = [_assign(f"v{i}", _n(f"E{k}")) for i, k in p.env.items()]
-        body = [_assign(f"v{v.id}", self.home(v, "fwd")) for v in prog.carry_in]
-        body += [_assign(f"v{i}", self.home(p.vars[i], "fwd")) for i in p.stacked]
+        body = [_assign(f"v{v.id}", self.home(v)) for v in prog.carry_in]
+        body += [_assign(f"v{i}", self.home(p.vars[i])) for i in p.stacked]
         for group in p.groups:
             body += self._fwd_group([p.loop[i] for i in group], p.kinds[group[0]])
         for j, v in enumerate(prog.carry_out):
@@ -396,7 +396,7 @@ class _Gen:
 
     def _bind(self, e):
         h = self.p.homes.get(e.out.id)
-        return [] if h is None else [_assign(f"v{e.out.id}", self.home(e.out, "fwd"))]
+        return [] if h is None else [_assign(f"v{e.out.id}", self.home(e.out))]
 
     def _fwd_group(self, eqns, kind):
         if kind == "view":
@@ -497,11 +497,11 @@ class _Gen:
         """Bind step t's forward values the vjps read, and each gradient's buffer."""
         p, prog, out = self.p, self.p.prog, []
         for v in (*prog.carry_in, *(p.vars[i] for i in p.stacked)):
-            out.append(_assign(f"v{v.id}", self.home(v, "bwd")))
+            out.append(_assign(f"v{v.id}", self.home(v)))
         for e in p.loop:                  # in program order: a view's base is bound before it
             h = p.homes.get(e.out.id)
             if e.out.id in p.read_back and h is not None and h[0] != "temp":
-                out.append(_assign(f"v{e.out.id}", self.home(e.out, "bwd")))
+                out.append(_assign(f"v{e.out.id}", self.home(e.out)))
         for j, v in enumerate(prog.carry_in):
             out.append(_assign(f"g{v.id}", _n(f"GI{j}")))
         for i, k in p.stacked.items():
