@@ -104,22 +104,26 @@ def load(source, signatures):
     from numba import njit
     name = "loop_" + _fingerprint(source)
     module, on_disk = _module(source, name)
+    where = f"cached in {cache_dir()}" if on_disk else "not cached: the cache directory is not writable"
     timer = threading.Timer(NOTICE_AFTER, lambda: print(
-        f"minigrad: compiling a looped program with numba (once per program; cached in {cache_dir()})...",
+        f"minigrad: compiling a looped program with numba (once per program; {where})...",
         file=sys.stderr, flush=True))
     timer.daemon = True
     timer.start()
     start = time.perf_counter()
+    out, loaded = [], 0
     try:
-        out = []
         for fname, sig in zip(("forward", "backward"), signatures):
             fn = njit(sig, cache=on_disk, **OPTIONS)(getattr(module, fname))
-            hits = sum(fn.stats.cache_hits.values()) if on_disk else 0
-            stats["loaded" if hits else "compiled"] += 1
+            loaded += bool(on_disk and sum(fn.stats.cache_hits.values()))
             out.append(fn)
     finally:
         timer.cancel()
+    with _lock:
+        stats["loaded"] += loaded
+        stats["compiled"] += len(out) - loaded
     seconds = time.perf_counter() - start
     if seconds > NOTICE_AFTER:
-        print(f"minigrad: compiled in {seconds:.1f} s", file=sys.stderr, flush=True)
+        print(f"minigrad: {'loaded' if loaded == len(out) else 'compiled'} in {seconds:.1f} s", file=sys.stderr,
+              flush=True)
     return tuple(out)
