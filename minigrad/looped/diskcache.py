@@ -17,13 +17,14 @@ import hashlib
 import importlib.util
 import os
 import sys
-import tempfile
 import threading
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from ..io import atomic_write
 
 __all__ = ["cache_dir", "load", "stats"]
 
@@ -60,14 +61,7 @@ def _write(path, source):
     if path.exists() and path.read_text() == source:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".py")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(source)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(source.encode()))
 
 
 def _module(source, name):
