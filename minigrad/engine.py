@@ -221,11 +221,11 @@ def _note_inplace(arr, epoch):
 
 # ---------------------------------------------------------------------------- read-only while a graph reads
 
-_pinned = {}   # id(an array that owns its memory) -> weakref to its _Pin
-# id(owner) -> a live pin's (owner weakref, view weakrefs). Held here so that they stay reachable:
-# when a pin dies in a garbage cycle (a graph a cycle holds), CPython clears the weakrefs inside
-# that cycle before it runs __del__, which then found no array to make writable again.
-_pin_refs = {}
+# id(an array that owns its memory) -> (weakref to its live _Pin, owner weakref, view weakrefs).
+# The array weakrefs are held here so that they stay reachable: when a pin dies in a garbage cycle
+# (a graph a cycle holds), CPython clears the weakrefs inside that cycle before it runs __del__,
+# which then found no array to make writable again.
+_pinned = {}
 
 
 class _Pin:
@@ -241,16 +241,13 @@ class _Pin:
     def __init__(self, owner):
         self.key, self.owner, self.views = id(owner), weakref.ref(owner), []
         owner.flags.writeable = False
-        _pinned[self.key] = weakref.ref(self)
-        _pin_refs[self.key] = (self.owner, self.views)
+        _pinned[self.key] = (weakref.ref(self), self.owner, self.views)
 
     def __del__(self):
         try:
-            ref = _pinned.get(self.key)
-            if ref is not None and ref() in (self, None):     # None: cleared by the collector
+            entry = _pinned.get(self.key)
+            if entry is not None and entry[0]() in (self, None):     # None: cleared by the collector
                 del _pinned[self.key]
-            if _pin_refs.get(self.key, (None,))[0] is self.owner:
-                del _pin_refs[self.key]
             for a in (self.owner, *self.views):
                 a = a()
                 if a is not None:
@@ -261,8 +258,8 @@ class _Pin:
 
 def _pin_of(owner):
     """The live pin of ``owner``, or None (ids are unique only among live arrays: check it is ours)."""
-    ref = _pinned.get(id(owner))
-    pin = None if ref is None else ref()
+    entry = _pinned.get(id(owner))
+    pin = None if entry is None else entry[0]()
     return pin if pin is not None and pin.owner() is owner else None
 
 
@@ -426,18 +423,21 @@ def _check_versions(t):
                 f"change (e.g. an optimizer step) after backward, or compute on a copy.")
 
 
-@contextlib.contextmanager
-def gc_paused():
+class gc_paused:
     """Pause Python's cyclic garbage collector while a graph is built or walked. A graph holds
     no reference cycles (parents point back in time, vjps hold arrays), yet every few hundred
     nodes the collector traverses all of it: an unrolled LSTM's per-step cost grew 1.9x from
-    T = 10 to T = 1000 in backward and 1.2x in forward. Reference counting still frees it."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
+    T = 10 to T = 1000 in backward and 1.2x in forward. Reference counting still frees it.
+    (A class, not a generator: backward enters it on every call.)"""
+
+    __slots__ = ("was_enabled",)
+
+    def __enter__(self):
+        self.was_enabled = gc.isenabled()
+        gc.disable()
+
+    def __exit__(self, *exc):
+        if self.was_enabled:
             gc.enable()
 
 

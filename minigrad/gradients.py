@@ -30,6 +30,19 @@ def unbroadcast(grad: np.ndarray, shape: tuple) -> np.ndarray:
     return grad.reshape(shape)
 
 
+def broadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
+    """``g`` stretched to ``shape`` (numpy's rules, same rank) as a read-only view: a reduction's
+    gradient. For a contiguous ``g`` the view is made directly, without ``np.broadcast_to``'s
+    Python-level iterator (about 3 us, on every ``loss.sum()``'s backward)."""
+    if g.ndim != len(shape) or not g.flags.c_contiguous or \
+            any(n != m and n != 1 for n, m in zip(g.shape, shape)):
+        return np.broadcast_to(g, shape)              # anything else: numpy's checks and message
+    strides = tuple([0 if n != m else s for n, m, s in zip(g.shape, shape, g.strides)])
+    out = np.ndarray(shape, g.dtype, g, 0, strides)
+    out.flags.writeable = False
+    return out
+
+
 def check_finite(arr, what):
     """``detect_anomaly``'s test: raise FloatingPointError naming ``what`` on NaN or inf."""
     if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and not np.isfinite(arr).all():

@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from .engine import IndexedGrad, OuterGrad, primitive
+from .gradients import broadcast
 
 ELEMENTWISE = "elementwise"   # broadcasting op: a leading time axis on an operand just broadcasts
 MATMUL = "matmul"
@@ -290,16 +291,17 @@ def astype(x, *, dtype):
 
 def _expand(g, axis, keepdims, ndim):
     """Give a reduced gradient back the axes the reduction removed, so it broadcasts."""
+    g = np.asarray(g)
     if axis is None or keepdims:
-        return g if keepdims or np.ndim(g) == ndim else np.reshape(g, (1,) * ndim)
+        return g if keepdims or g.ndim == ndim else g.reshape((1,) * ndim)
     return np.expand_dims(g, axis)
 
 
 @primitive(_builtin=True)
 def sum(x, *, axis=None, keepdims=False):
     shape = x.shape
-    return (np.sum(x, axis=axis, keepdims=keepdims),
-            lambda g: (np.broadcast_to(_expand(g, axis, keepdims, len(shape)), shape),))
+    return (x.sum(axis=axis, keepdims=keepdims),
+            lambda g: (broadcast(_expand(g, axis, keepdims, len(shape)), shape),))
 
 
 def _extreme(reduce):
@@ -339,8 +341,9 @@ def reshape(x, *, shape):
 
 @primitive(_builtin=True)
 def transpose(x, *, axes=None):
-    back = None if axes is None else tuple(np.argsort([a % x.ndim for a in axes]))   # negative axes too
-    return np.transpose(x, axes), lambda g: (np.transpose(g, back),)
+    out = x.transpose(axes)       # numpy checks the axes (negative ones too) before back reads them
+    back = None if axes is None else tuple(sorted(range(x.ndim), key=lambda i: axes[i] % x.ndim))
+    return out, lambda g: (g.transpose(back),)
 
 
 def _is_basic(index):

@@ -328,8 +328,7 @@ class Tensor:
     def backward(self, grad=None, retain_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) into every leaf's ``.grad`` (``grad`` is required unless
         self has one element). The graph's saved arrays are freed unless ``retain_graph``."""
-        from .engine import backward
-        backward(self, grad, retain_graph)
+        _backward(self, grad, retain_graph)
 
     def astype(self, dtype) -> "Tensor":
         return ops.astype(self, dtype=np.dtype(dtype))
@@ -536,3 +535,4 @@ def _raw_index(index):
 
 from . import functional, ops  # noqa: E402  (the ops are built on Tensor, so they import after it)
 from .engine import _pin_result  # noqa: E402
+from .engine import backward as _backward  # noqa: E402

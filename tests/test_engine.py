@@ -541,3 +541,27 @@ def test_gradient_sums_are_kept_per_graph_entry_not_per_value_or_array():
     ((p + q) + p * 5.0 + q * 7.0).sum().backward()
     np.testing.assert_array_equal(a.grad, [6.0, 6.0])
     np.testing.assert_array_equal(b.grad, [8.0, 8.0])
+
+
+@pytest.mark.parametrize("g_shape, shape", [((), ()), ((1, 1, 1), (2, 3, 4)), ((2, 1, 4), (2, 3, 4)),
+                                            ((1, 3, 1), (5, 3, 2)), ((2, 3), (2, 3))])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "strided"])
+def test_broadcast_is_numpys_broadcast_to_as_a_read_only_view(g_shape, shape, layout):
+    """A reduction's gradient stretched back to its input's shape (``sum``'s vjp)."""
+    from minigrad.gradients import broadcast
+    g = np.arange(1.0, 1.0 + np.prod(g_shape, dtype=int)).reshape(g_shape)
+    if layout == "transposed":
+        g = g.T.copy().T
+    elif layout == "strided":
+        g = np.repeat(g[..., None], 2, axis=-1)[..., 0]
+    out = broadcast(g, shape)
+    np.testing.assert_array_equal(out, np.broadcast_to(g, shape))
+    assert out.shape == shape and not out.flags.writeable and np.shares_memory(out, g)
+
+
+def test_broadcast_refuses_shapes_that_do_not_broadcast():
+    from minigrad.gradients import broadcast
+    with pytest.raises(ValueError):
+        broadcast(np.ones((2, 3)), (4, 3))
+    with pytest.raises(ValueError):
+        broadcast(np.ones((2, 3)), (3,))
