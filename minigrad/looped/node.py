@@ -18,7 +18,6 @@ from ..tensor import Node, Tensor, _state
 from . import backends
 from .interpret import Interpreter, Run
 from .passes import optimize
-from .program import Const
 from .trace import flatten, trace, unflatten
 
 __all__ = ["scan", "scan_program"]
@@ -127,10 +126,11 @@ def _scan(fn, init, xs, length, checkpoint, backend, memo=None, reads=()):
         prog, runner = backends.lookup(traced, backend)
         read_tensors, ys_struct, program = traced.read_tensors, traced.ys_struct, traced.marked
         positions = [next((i for i, r in enumerate(reads) if r is t), None) for t in read_tensors]
+        constants = [c.value for c in prog.consts() if type(c.value) is np.ndarray]
         if memo is not None and None not in positions:
-            memo[key] = (prog, runner, positions, ys_struct, program)
+            memo[key] = (prog, runner, positions, ys_struct, program, constants)
     else:
-        prog, runner, positions, ys_struct, program = entry
+        prog, runner, positions, ys_struct, program, constants = entry
         read_tensors = [reads[i] for i in positions]
     inputs = init_flat + xs_flat + read_tensors
     need = grad and any(t.requires_grad for t in inputs)
@@ -142,8 +142,7 @@ def _scan(fn, init, xs, length, checkpoint, backend, memo=None, reads=()):
     if need:
         vjp = LoopedVJP(runner, run, segments, T, checkpoint, [(c.shape, c.dtype) for c in carry],
                         (program, read_tensors, arrays, init_flat + xs_flat))
-        _record(vjp, inputs, outs, [c.value for e in prog.eqns for c in e.inputs
-                                    if isinstance(c, Const) and type(c.value) is np.ndarray])
+        _record(vjp, inputs, outs, constants)
     n = len(carry)
     return unflatten(outs[:n], carry_struct), unflatten(outs[n:], ys_struct)
 

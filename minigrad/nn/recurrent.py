@@ -189,7 +189,13 @@ class _Recurrent(Module):
             p.data = w.astype(self.dtype, copy=True)
 
     def _zeros_state(self, batch):
-        return tuple(Tensor(np.zeros((batch, self.hidden_size), self.dtype)) for _ in range(self.n_states))
+        """Zero states, read-only: nothing can change them, so no op pins them."""
+        out = []
+        for _ in range(self.n_states):
+            z = np.zeros((batch, self.hidden_size), self.dtype)
+            z.flags.writeable = False
+            out.append(Tensor(z))
+        return tuple(out)
 
     def _check_state(self, state, batch, who, shape=None):
         """The states as a tuple of Tensors, each of ``shape`` (default ``(batch, H)``)."""
