@@ -108,6 +108,30 @@ def test_one_compiled_function_serves_every_batch_size_and_length():
     assert len(texts) == 1
 
 
+@pytest.mark.parametrize("B, H", [(1, 8), (3, 16), (64, 64)])
+def test_products_small_in_place_and_large_through_blas_equal_the_numpy_backend(B, H):
+    """Products up to SMALL multiply-adds are loop nests in the generated code, larger ones call
+    BLAS (``mm``): both, forward and both vjps (h @ W with W read and h carried), equal numpy's."""
+    from minigrad.looped.jit import SMALL
+    rng = np.random.default_rng(B)
+    W = mg.Tensor(rng.uniform(-0.3, 0.3, (H, H)), requires_grad=True)
+    V = mg.Tensor(rng.uniform(-0.3, 0.3, (H, H)), requires_grad=True)
+    h0 = mg.Tensor(rng.uniform(-1, 1, (B, H)), requires_grad=True)
+    xs = mg.Tensor(rng.uniform(-1, 1, (5, B, H)), requires_grad=True)
+    body = lambda h, x: (((h @ W) * x + (x @ V)).tanh(), h @ V)     # x @ V: a product of a stacked input
+    source = JitRunner(mg.scan_program(body, h0, xs)).source
+    assert ("mm(" in source.split("def forward")[1]) == (B * H * H > SMALL)
+    grads = []
+    for backend in ("numpy", "numba"):
+        for t in (W, V, h0, xs):
+            t.grad = None
+        h, ys = mg.scan(body, h0, xs, backend=backend)
+        (h.sum() + (ys * ys).sum()).backward()
+        grads.append([h.data, ys.data] + [t.grad for t in (W, V, h0, xs)])
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------------ the disk cache
 
 SCRIPT = textwrap.dedent("""
