@@ -154,11 +154,40 @@ def _broadcast_index(shape, full):
     return tuple(0 if (s == 1 and full[lead + d] != 1) else _n(f"i{lead + d}") for d, s in enumerate(shape))
 
 
+def _through_view(index, base_shape, idx):
+    """The index into the base of element ``idx`` of ``base[index]`` (a basic index: ints, slices,
+    Ellipsis). A nest reads a view through its base: a C-contiguous array at fixed offsets, which
+    LLVM vectorises; a view's own strides are unknown to it (an LSTM's gate slices: 0.78 us a
+    step against 0.38 with the vectorised exp and tanh)."""
+    parts = list(index) if isinstance(index, tuple) else [index]
+    for k, part in enumerate(parts):
+        if part is Ellipsis:
+            parts[k:k + 1] = [slice(None)] * (len(base_shape) - len(parts) + 1)
+            break
+    parts += [slice(None)] * (len(base_shape) - len(parts))
+    out, rest = [], iter(idx)
+    for part, n in zip(parts, base_shape):
+        if isinstance(part, slice):
+            start, _, step = part.indices(n)
+            i = next(rest)
+            if not isinstance(i, ast.AST):
+                i = ast.Constant(i)
+            if isinstance(i, ast.Constant):
+                out.append(ast.Constant(start + step * i.value))
+            else:
+                scaled = i if step == 1 else ast.BinOp(i, ast.Mult(), ast.Constant(step))
+                out.append(scaled if start == 0 else ast.BinOp(scaled, ast.Add(), ast.Constant(start)))
+        else:
+            out.append(ast.Constant(int(part) % n))
+    return tuple(out)
+
+
 class _Literal:
     """``k(value)``: a literal in one dtype; ``k.floor``: sigmoid's floor in it."""
 
     def __init__(self, dtype):
         self.code = DTYPES[dtype]
+        self.bits = self.code[1:]         # kernels' exp32, tanh64...
         self.floor = self(sigmoid_floor(dtype)) if dtype.kind == "f" else None
 
     def __call__(self, value):
@@ -374,7 +403,7 @@ class _Gen:
             if x.id in scalars:
                 node, have = _n(f"s{x.id}"), x.dtype
             else:
-                node, have = _sub(f"v{x.id}", _broadcast_index(x.shape, full)), x.dtype
+                node, have = _sub(*self._read(x, _broadcast_index(x.shape, full))), x.dtype
         else:
             m = self.p.const_of[(self.p.position[id(e)], j)]
             value = np.asarray(x.value)
@@ -384,6 +413,15 @@ class _Gen:
         if dtype is None or have == dtype:
             return E(node)
         return E(ast.Call(_n(DTYPES[dtype]), [node], []))
+
+    def _read(self, x, idx):
+        """(array name, index) of element ``idx`` of ``x``; a view through its base."""
+        e = self.p.views.get(x.id)
+        while e is not None:
+            base = e.inputs[0]
+            idx = _through_view(e.static_dict["index"], base.shape, idx)
+            x, e = base, self.p.views.get(base.id)
+        return f"v{x.id}", idx
 
     def compute_dtype(self, e):
         if e.prim is RULES_COMPARE:
@@ -625,7 +663,7 @@ class _Gen:
 
 HEADER = """import math
 import numpy as np
-from minigrad.looped.kernels import mm
+from minigrad.looped.kernels import mm, exp32, exp64, tanh32, tanh64
 f32, f64, b1 = np.float32, np.float64, np.bool_
 """
 

@@ -85,7 +85,8 @@ def either(a, b):
 class Rule:
     """``fwd(k, *operands) -> E``; ``vjp(k, g, y, *operands) -> one E or None per operand``, where
     ``k(value)`` is a literal in the dtype the primitive computes in (``k.floor``: sigmoid's clipping
-    floor in it). ``static``: the static
+    floor in it; ``k.bits``: "32" or "64", naming the vectorised ``exp`` and ``tanh`` of
+    ``kernels.py``). ``static``: the static
     arguments the rule understands (anything else: not expressible). ``grad``: False for
     primitives whose output never carries a gradient."""
 
@@ -99,7 +100,7 @@ def _sigmoid(k, x):
     # ops.sigmoid: 1 / (1 + exp(-max(x, floor))), the floor the most negative x whose exp(-x) is
     # finite; a NaN stays NaN (numpy's maximum propagates it)
     z = pick(x.lt(k.floor), k.floor, x)
-    return k(1.0) / (k(1.0) + call("math.exp", -z))
+    return k(1.0) / (k(1.0) + call(f"exp{k.bits}", -z))
 
 
 def _max_slopes(k, g, a, b, first):
@@ -146,7 +147,7 @@ RULES = {
     ops.divide.prim: Rule(lambda k, a, b: a / b, lambda k, g, y, a, b: (g / b, -g * y / b), ("needs_grad",)),
     ops.power.prim: Rule(lambda k, a, b: a ** b, _pow_vjp, ("needs_grad",)),
     ops.negative.prim: Rule(lambda k, x: -x, lambda k, g, y, x: (-g,)),
-    ops.exp.prim: Rule(lambda k, x: call("math.exp", x), lambda k, g, y, x: (g * y,)),
+    ops.exp.prim: Rule(lambda k, x: call(f"exp{k.bits}", x), lambda k, g, y, x: (g * y,)),
     ops.log.prim: Rule(lambda k, x: call("math.log", x), lambda k, g, y, x: (g / x,)),
     ops.sqrt.prim: Rule(lambda k, x: call("math.sqrt", x), lambda k, g, y, x: (g / (y + y),)),
     ops.log1p.prim: Rule(lambda k, x: call("math.log1p", x), lambda k, g, y, x: (g / (k(1.0) + x),)),
@@ -154,9 +155,9 @@ RULES = {
     ops.sin.prim: Rule(lambda k, x: call("math.sin", x), lambda k, g, y, x: (g * call("math.cos", x),)),
     ops.cos.prim: Rule(lambda k, x: call("math.cos", x), lambda k, g, y, x: (-g * call("math.sin", x),)),
     ops.erf.prim: Rule(lambda k, x: call("math.erf", x),
-                       lambda k, g, y, x: (g * k(2 / math.sqrt(math.pi)) * call("math.exp", -x * x),)),
+                       lambda k, g, y, x: (g * k(2 / math.sqrt(math.pi)) * call(f"exp{k.bits}", -x * x),)),
     ops.absolute.prim: Rule(lambda k, x: call("abs", x), lambda k, g, y, x: (g * _sign(k, x),)),
-    ops.tanh.prim: Rule(lambda k, x: call("math.tanh", x), lambda k, g, y, x: (g * (k(1.0) - y * y),)),
+    ops.tanh.prim: Rule(lambda k, x: call(f"tanh{k.bits}", x), lambda k, g, y, x: (g * (k(1.0) - y * y),)),
     ops.sigmoid.prim: Rule(_sigmoid, lambda k, g, y, x: (g * (y - y * y),)),
     ops.relu.prim: Rule(lambda k, x: pick(x.lt(k(0.0)), k(0.0), x),
                         lambda k, g, y, x: (pick(x.gt(k(0.0)), g, k(0.0)),)),
