@@ -341,8 +341,8 @@ def reshape(x, *, shape):
 
 @primitive(_builtin=True)
 def transpose(x, *, axes=None):
-    out = x.transpose(axes)       # numpy checks the axes (negative ones too) before back reads them
-    back = None if axes is None else tuple(sorted(range(x.ndim), key=lambda i: axes[i] % x.ndim))
+    out = np.asarray(x).transpose(axes)      # numpy checks the axes (negative ones too) before back reads them
+    back = None if axes is None else tuple((np.asarray(axes) % out.ndim).argsort())
     return out, lambda g: (g.transpose(back),)
 
 

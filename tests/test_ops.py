@@ -698,3 +698,12 @@ def test_erf_matches_its_series_on_either_path(path, monkeypatch):
         np.testing.assert_allclose(y, _erf_series(x.astype(dtype).astype(np.float64)),
                                    rtol=1e-15 if dtype == np.float64 else 1e-6, atol=0)
     assert mg.erf(mg.Tensor(np.array([-30.0, 30.0]))).data.tolist() == [-1.0, 1.0]
+
+
+def test_transpose_of_a_python_number():
+    """ops take numbers as operands: transposing one is the number (numpy's behaviour)."""
+    for v in (2.0, 3):
+        out = mg.ops.transpose(v)
+        assert out.shape == () and out.item() == v
+    np.testing.assert_array_equal(mg.ops.transpose(np.arange(6.0).reshape(2, 3), axes=(-1, 0)).data,
+                                  np.arange(6.0).reshape(2, 3).T)

@@ -822,3 +822,35 @@ def test_a_random_draw_in_a_looped_cell_is_made_at_every_call():
             ref.append(h.numpy())
         np.testing.assert_allclose(out, np.stack(ref, axis=1), **TIGHT)
     assert not np.allclose(got[0], got[1])
+
+
+def test_a_custom_step_run_eagerly_may_change_its_zero_state_in_place():
+    """Zero initial states are read-only only where a traced step reads them (looped mode); an
+    unrolled layer or a cell with a step that changes its state in place still runs."""
+    from minigrad.nn.recurrent import rnn_step
+
+    def halving_step(x, state, U, W, b, h_mask=None):
+        (h,) = state
+        h *= 0.5
+        return rnn_step(x, (h,), U, W, b, h_mask)
+
+    class HalvingRNN(nn.RNN):
+        step = staticmethod(halving_step)
+
+    class HalvingCell(nn.RNNCell):
+        step = staticmethod(halving_step)
+
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    layer, cell = HalvingRNN(4, 5, unroll=True, return_sequences=True), HalvingCell(4, 5)
+    with mg.no_grad():
+        got = layer(mg.Tensor(x)).data
+        one = cell(mg.Tensor(x[:, 0])).data
+    U, W, b = (p.data.astype(np.float64) for p in (layer.U, layer.W, layer.b))
+    h, want = np.zeros((2, 5)), []
+    for t in range(3):
+        h = np.tanh(x[:, t] @ U + b + (0.5 * h) @ W)
+        want.append(h)
+    want = [0.5 * w for w in want[:-1]] + want[-1:]     # each step halved the last one's output, in place
+    np.testing.assert_allclose(got, np.stack(want, 1), rtol=1e-5, atol=1e-6)
+    Uc, bc = cell.U.data.astype(np.float64), cell.b.data.astype(np.float64)
+    np.testing.assert_allclose(one, np.tanh(x[:, 0] @ Uc + bc), rtol=1e-5, atol=1e-6)

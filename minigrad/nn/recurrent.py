@@ -188,12 +188,13 @@ class _Recurrent(Module):
         for w, p in zip(weights, params):
             p.data = w.astype(self.dtype, copy=True)
 
-    def _zeros_state(self, batch):
-        """Zero states, read-only: nothing can change them, so no op pins them."""
+    def _zeros_state(self, batch, read_only=False):
+        """Zero states; ``read_only`` where only a traced step reads them (looped mode), so no op
+        pins them. (A custom step run eagerly may change its state in place.)"""
         out = []
         for _ in range(self.n_states):
             z = np.zeros((batch, self.hidden_size), self.dtype)
-            z.flags.writeable = False
+            z.flags.writeable = not read_only
             out.append(Tensor(z))
         return tuple(out)
 
@@ -331,7 +332,7 @@ class _Layer(_Recurrent):
         """One state tuple per layer and direction."""
         n = len(self._names)
         if initial_state is None:
-            return [self._zeros_state(batch) for _ in range(n)]
+            return [self._zeros_state(batch, not self.unroll) for _ in range(n)]
         if n == 1:
             return [self._check_state(initial_state, batch, who)]
         stacked = self._check_state(initial_state, batch, who, (n, batch, self.hidden_size))
