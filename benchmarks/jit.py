@@ -59,7 +59,7 @@ def crossover():
     print("| batch | hidden | widest value | numpy | numba | numba / numpy |")
     print("|---|---|---|---|---|---|")
     for B, H in ((1, 16), (1, 64), (4, 32), (8, 32), (4, 128), (8, 64), (16, 64), (8, 128), (32, 128), (64, 256)):
-        reps = 30 if B * H <= 2048 else 8
+        reps = 30 if B * 4 * H <= 4096 else 8
         a, b = [], []
         for _ in range(3):                      # alternate, so both see the same machine
             a.append(step_time(B, H, "numpy", reps=reps))

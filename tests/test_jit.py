@@ -282,7 +282,8 @@ def _lstm_program(B, H):
 
 def test_auto_compiles_small_steps_and_leaves_large_ones_to_numpy():
     assert isinstance(backends.get(_lstm_program(1, 16), "auto"), JitRunner)
-    large = _lstm_program(32, 128)      # 32 x 512 gate values a step: numpy's vectorised exp is faster
+    assert isinstance(backends.get(_lstm_program(16, 64), "auto"), JitRunner)     # 4096 gate values: numba
+    large = _lstm_program(32, 128)      # 32 x 512 gate values a step: numpy's BLAS calls are faster
     assert int(np.prod((32, 512))) > backends.JIT_MAX_ELEMENTS
     assert isinstance(backends.get(large, "auto"), Compiled)
 

@@ -70,10 +70,11 @@ def get(prog, backend="auto"):
     return old
 
 
-# The numba backend's loops beat numpy's per-op calls while a step's arrays are small; numpy's
-# vectorised exp and tanh win once they are large, and a long program compiles for minutes
-# (measured: the repository's benchmark notes, seventh session, have the crossover and compile times).
-JIT_MAX_ELEMENTS = 2048
+# The numba backend's loops beat numpy's per-op calls while a step's arrays are small; once its
+# products are large enough for OpenBLAS to start threads (on every call, from inside the loop)
+# numpy wins, and a long program compiles for minutes (measured: the repository's benchmark
+# notes, seventh and eighth sessions, have the crossover and compile times).
+JIT_MAX_ELEMENTS = 4096
 JIT_MAX_EQNS = 48
 
 
