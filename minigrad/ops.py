@@ -342,8 +342,16 @@ def reshape(x, *, shape):
 @primitive(_builtin=True)
 def transpose(x, *, axes=None):
     out = np.asarray(x).transpose(axes)      # numpy checks the axes (negative ones too) before back reads them
-    back = None if axes is None else tuple((np.asarray(axes) % out.ndim).argsort())
+    back = None if axes is None else _inverse_permutation(axes, out.ndim)
     return out, lambda g: (g.transpose(back),)
+
+
+def _inverse_permutation(axes, n):
+    """The axes that undo the transpose ``axes`` (negative ones counted from the end)."""
+    back = [0] * n
+    for i, a in enumerate(axes):
+        back[a % n] = i
+    return tuple(back)
 
 
 def _is_basic(index):
