@@ -168,6 +168,27 @@ def test_the_vectorised_exp_and_tanh_agree_with_numpy(name, numpy_fn, dtype, lo,
     assert np.all(np.abs(out[sub] - ref[sub]) <= 2 * np.finfo(dtype).smallest_subnormal)
 
 
+def test_consecutive_elementwise_vjps_share_a_nest():
+    """Backward fusion: tanh's vjp and the product's and sum's before it run in one nest over the
+    step's elements (the corpus tests hold the gradients to the numpy backend's)."""
+    c = mg.Tensor(np.ones((1, 3)), requires_grad=True)
+    body = lambda h, x: ((h * x + c).tanh() * x, h)                  # c broadcast: its gradient summed
+    backward = JitRunner(mg.scan_program(body, mg.Tensor(np.zeros((2, 3))), mg.Tensor(np.ones((4, 2, 3))))).source
+    backward = backward.split("def backward")[1]
+    nests = backward.split("for i0 in")
+    assert max(n.count("gs = ") for n in nests) >= 3
+    h0, xs = mg.Tensor(np.full((2, 3), 0.3), requires_grad=True), mg.Tensor(np.linspace(-1, 1, 24).reshape(4, 2, 3))
+    grads = []
+    for backend in ("numpy", "numba"):
+        for t in (c, h0):
+            t.grad = None
+        h, ys = mg.scan(body, h0, xs, backend=backend)
+        (h.sum() + (ys * ys).sum()).backward()
+        grads.append((c.grad, h0.grad))
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 def test_a_view_is_read_through_its_base():
     """The gate slices of an LSTM step are read from the array they slice, at offsets: the
     nests then index C-contiguous arrays only, which LLVM vectorises."""

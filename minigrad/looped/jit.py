@@ -547,9 +547,7 @@ class _Gen:
         for k, v in enumerate(prog.ys_out):
             if v.requires_grad:
                 body += self._seed(v, _sub(f"GY{k}", _n("t")))
-        for e, kind in reversed(list(zip(p.loop, p.kinds))):
-            if e.out.requires_grad and e.out.id in self.init:
-                body += getattr(self, f"_vjp_{kind}")(e)
+        body += self._vjps()
         for j, v in enumerate(prog.carry_in):
             if v.id in self.init:
                 body += self._copy(_n(f"GC{j}"), v, _n(f"g{v.id}"))
@@ -640,9 +638,36 @@ class _Gen:
         idx = tuple(_n(f"i{d}") for d in range(rank))
         return pre + _nest(f"g{x.id}", rank, [self._put(x, idx, _sub(f"g{e.out.id}", self._sum_index(e)), acc)])
 
-    def _vjp_ew(self, e):
-        if not RULES[e.prim].grad:
-            return []
+    def _vjps(self):
+        """The step's vjps in reverse order. Consecutive elementwise ones over one shape share a
+        nest (backward fusion: a nest's fixed cost, its bounds and alias checks, is most of a
+        small one's time). Element i of the nest then runs each vjp's element i in order, which
+        is their order: a gradient a vjp reads is complete at element i once the vjps of its
+        value's users (all earlier in reverse order) have run there; a gradient summed over a
+        broadcast axis belongs to a value of another shape, whose vjp is in another nest."""
+        out, shape, pre, inner = [], None, [], []
+
+        def flush():
+            if inner:
+                out.extend(pre + _nest(ref, len(shape), list(inner)))
+            pre.clear(), inner.clear()
+        for e, kind in reversed(list(zip(self.p.loop, self.p.kinds))):
+            if not (e.out.requires_grad and e.out.id in self.init):
+                continue
+            if kind != "ew":
+                flush()
+                out += getattr(self, f"_vjp_{kind}")(e)
+            elif RULES[e.prim].grad:
+                if e.out.shape != shape:
+                    flush()
+                    shape, ref = e.out.shape, f"g{e.out.id}"
+                inner += self._vjp_ew(e, pre)
+        flush()
+        return out
+
+    def _vjp_ew(self, e, pre):
+        """One elementwise vjp's statements inside a nest over its output's elements (zeroing a
+        buffer it adds into first goes to ``pre``, before the nest)."""
         full = e.out.shape
         idx = tuple(_n(f"i{d}") for d in range(len(full)))
         dtype = self.compute_dtype(e)
@@ -650,13 +675,13 @@ class _Gen:
         operands = [self.operand(e, j, full, (), dtype) for j in range(len(e.inputs))]
         y = E(_sub(f"v{e.out.id}", idx)) if e.out.id in self.p.read_back else E(_n("unused"))
         grads = self.p.vjp_exprs(e, k, E(_n("gs")), y, operands)
-        pre, inner = [], [_assign("gs", _sub(f"g{e.out.id}", idx))]
+        inner = [_assign("gs", _sub(f"g{e.out.id}", idx))]
         for x, gi in zip(e.inputs, grads):
             if gi is None:
                 continue
             acc = self._first(x, x.shape == full, pre)
             inner.append(self._put(x, _broadcast_index(x.shape, full), gi.node, acc))
-        return pre + _nest(f"g{e.out.id}", len(full), inner)
+        return inner
 
 
 # ---------------------------------------------------------------------------- the runner
