@@ -28,7 +28,6 @@ Truncated BPTT / stateful use: pass the previous chunk's final states, detached,
 """
 from __future__ import annotations
 
-import functools
 import numbers
 import warnings
 
@@ -113,13 +112,6 @@ def _rnn_params(input_size, hidden_size, dtype, _):
             init.zeros((hidden_size,), dtype))
 
 
-@functools.lru_cache(maxsize=32)
-def _read_only_zeros(shape, dtype):
-    z = np.zeros(shape, dtype)
-    z.flags.writeable = False
-    return z
-
-
 def _check_mask(mask, batch, T, who):
     """The mask as booleans: booleans, or numbers that are all 0 or 1. Anything else (0.3, NaN,
     strings) would be read as True without a word."""
@@ -198,13 +190,14 @@ class _Recurrent(Module):
             p.data = w.astype(self.dtype, copy=True)
 
     def _zeros_state(self, batch, read_only=False):
-        """Zero states; ``read_only`` where only a traced step reads them (looped mode): one
-        shared read-only array, which no op pins. (A custom step run eagerly may change its
-        state in place: it gets arrays of its own.)"""
-        shape = (batch, self.hidden_size)
-        if read_only:
-            return tuple(Tensor(_read_only_zeros(shape, self.dtype)) for _ in range(self.n_states))
-        return tuple(Tensor(np.zeros(shape, self.dtype)) for _ in range(self.n_states))
+        """Zero states; ``read_only`` where only a traced step reads them (looped mode), so no op
+        pins them. (A custom step run eagerly may change its state in place.)"""
+        out = []
+        for _ in range(self.n_states):
+            z = np.zeros((batch, self.hidden_size), self.dtype)
+            z.flags.writeable = not read_only
+            out.append(Tensor(z))
+        return tuple(out)
 
     def _check_state(self, state, batch, who, shape=None):
         """The states as a tuple of Tensors, each of ``shape`` (default ``(batch, H)``)."""
