@@ -854,3 +854,25 @@ def test_a_custom_step_run_eagerly_may_change_its_zero_state_in_place():
     np.testing.assert_allclose(got, np.stack(want, 1), rtol=1e-5, atol=1e-6)
     Uc, bc = cell.U.data.astype(np.float64), cell.b.data.astype(np.float64)
     np.testing.assert_allclose(one, np.tanh(x[:, 0] @ Uc + bc), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_a_looped_layers_sequence_comes_out_of_the_loop_without_a_transpose(kind):
+    """return_sequences: the (batch, time, H) output is the loop's own output laid out so (no
+    transpose op in the graph), with the unrolled layer's values and gradients."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 5, 4))
+    looped = getattr(nn, kind)(4, 6, return_sequences=True, dtype=np.float64)
+    unrolled = getattr(nn, kind)(4, 6, return_sequences=True, unroll=True, dtype=np.float64)
+    unrolled.set_weights(looped.get_weights())
+    outs, grads = [], []
+    for layer in (looped, unrolled):
+        xt = mg.Tensor(x, requires_grad=True)
+        out = layer(xt)
+        (out * mg.Tensor(np.arange(90.0).reshape(3, 5, 6))).sum().backward()
+        outs.append(out)
+        grads.append([xt.grad] + [p.grad for p in layer.parameters()])
+    assert outs[0]._node._op == "scan.output" and outs[0].shape == (3, 5, 6)
+    np.testing.assert_allclose(outs[0].data, outs[1].data, rtol=1e-12, atol=1e-12)
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

@@ -106,10 +106,11 @@ class Memo(dict):
         return (Memo, ())
 
 
-def _scan(fn, init, xs, length, checkpoint, backend, memo=None, reads=()):
+def _scan(fn, init, xs, length, checkpoint, backend, memo=None, reads=(), ys_axis=0):
     """``scan``, and for the recurrent layers a ``memo``: their own cells are pure functions of
     the carry, the step's inputs and ``reads`` (the parameters), so one trace serves every call
-    of the same structure, the values read by position at each call."""
+    of the same structure, the values read by position at each call. ``ys_axis=1``: the ys come
+    out with time on axis 1 (views of the loop's arrays; their gradients are swapped back)."""
     init_flat, carry_struct, xs_flat, xs_struct, T = _check_args(init, xs, length, checkpoint, backend)
     grad = is_grad_enabled()
     key = entry = None
@@ -138,11 +139,12 @@ def _scan(fn, init, xs, length, checkpoint, backend, memo=None, reads=()):
     run = runner.start(prog, arrays[0], arrays[1], T, need)
     Y, carry = runner.outputs(prog, T, list(arrays[2]))
     carry, segments = _forward(runner, run, T, carry, need, checkpoint, Y)
-    outs = [Tensor(a) for a in (*(carry if runner.owns_carry else _own_carry(carry, Y, arrays)), *Y)]
+    Ys = Y if ys_axis == 0 else [y.swapaxes(0, ys_axis) for y in Y]
+    outs = [Tensor(a) for a in (*(carry if runner.owns_carry else _own_carry(carry, Y, arrays)), *Ys)]
     if need:
         vjp = LoopedVJP(runner, run, segments, T, checkpoint, [(c.shape, c.dtype) for c in carry],
                         (program, read_tensors, arrays, init_flat + xs_flat))
-        _record(vjp, inputs, outs, constants)
+        _record(vjp, inputs, outs, constants, len(carry), ys_axis)
     n = len(carry)
     return unflatten(outs[:n], carry_struct), unflatten(outs[n:], ys_struct)
 
@@ -248,21 +250,24 @@ def _grads(result):
 
 
 class _Take:
-    """An output's vjp: put its gradient in the hub's box (summing if it arrives twice)."""
+    """An output's vjp: put its gradient in the hub's box (summing if it arrives twice), with
+    ``axis`` and 0 swapped back for a ys laid out with time on ``axis``."""
 
-    __slots__ = ("vjp", "n")
+    __slots__ = ("vjp", "n", "axis")
     _empty = np.empty(0)
 
-    def __init__(self, vjp, n):
-        self.vjp, self.n = vjp, n
+    def __init__(self, vjp, n, axis=0):
+        self.vjp, self.n, self.axis = vjp, n, axis
 
     def __call__(self, g):
+        if self.axis:
+            g = np.asarray(g).swapaxes(0, self.axis)
         box = self.vjp.box
         box[self.n] = g if box[self.n] is None else box[self.n] + g
         return (self._empty,)
 
 
-def _record(vjp, inputs, outs, constants=()):
+def _record(vjp, inputs, outs, constants=(), n_carry=0, ys_axis=0):
     # the leaves' arrays, and the arrays the body took as constants, stay read-only while the hub lives
     pins = _pin_leaves([*inputs, *constants])
     hub = Node([(t._node or t) if t.requires_grad else None for t in inputs], vjp, "scan", _epoch[0],
@@ -271,7 +276,8 @@ def _record(vjp, inputs, outs, constants=()):
         if t.dtype.kind != "f":                   # integer and boolean outputs carry no gradient
             continue
         t.requires_grad = True
-        t._node = Node((hub,), _Take(vjp, n), "scan.output", hub._epoch, hub._step, t._data.shape, t._data.dtype)
+        take = _Take(vjp, n, ys_axis if n >= n_carry else 0)
+        t._node = Node((hub,), take, "scan.output", hub._epoch, hub._step, t._data.shape, t._data.dtype)
 
 
 def scan_program(fn, init, xs=None, length=None):

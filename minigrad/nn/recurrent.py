@@ -309,10 +309,11 @@ class _Layer(_Recurrent):
         for layer in range(self.num_layers):
             last = layer == self.num_layers - 1
             want_ys, ys = self.return_sequences or not last, []
+            batch_major = last and D == 1 and self.return_sequences      # the output itself: (batch, time, H)
             for d in range(D):
                 i = layer * D + d
                 state, y = self._run(seq, states[i], sets[i], mask, want_ys, d == 1,
-                                     self._recurrent_mask(batch))
+                                     self._recurrent_mask(batch), batch_major)
                 finals.append(state)
                 ys.append(y)
             if want_ys:
@@ -320,7 +321,7 @@ class _Layer(_Recurrent):
             if not last and self.training and self.dropout:
                 seq = _dropout(seq, self.dropout)
         if self.return_sequences:
-            out = seq.transpose(1, 0, 2)
+            out = seq if D == 1 else seq.transpose(1, 0, 2)
         else:       # each direction's final output: the backward one's is its state after time 0
             out = finals[-1][0] if D == 1 else F.concatenate([f[0] for f in finals[-D:]], axis=-1)
         if not self.return_state:
@@ -348,8 +349,10 @@ class _Layer(_Recurrent):
         keep = get_rng().random((batch, self.hidden_size)) >= p
         return Tensor((keep * (1.0 / (1.0 - p))).astype(self.dtype))
 
-    def _run(self, xs, state, params, mask, want_ys, reverse, h_mask):
-        """One layer in one direction over time-major ``xs``: (final state, time-major ys or None).
+    def _run(self, xs, state, params, mask, want_ys, reverse, h_mask, batch_major=False):
+        """One layer in one direction over time-major ``xs``: (final state, ys or None), the ys
+        time-major, or (batch, time, H) with ``batch_major`` (the loop's outputs laid out so,
+        without a transpose op in the graph).
         The backward direction runs over the reversed sequence: with a mask, its padding steps
         pass the state through, so each sequence is read from its last valid step to its first.
         Its steps are numbered in its own order (step 0 reads time T-1) in both graph modes, as
@@ -381,13 +384,15 @@ class _Layer(_Recurrent):
                     with timestep(t):           # tags this step's ops for mg.record_contributions
                         state, y = body(state, seq[t] if m_seq is None else (seq[t], m_seq[t]))
                     ys.append(y)
-            ys = F.stack(ys[::-1] if reverse else ys, 0) if want_ys else None
+            ys = F.stack(ys[::-1] if reverse else ys, 1 if batch_major else 0) if want_ys else None
         else:
             # the library's own cells are pure: one trace serves every call of the same structure
             pure = step in (lstm_step, gru_step, rnn_step)
             state, ys = _scan(body, state, xs, None, self.checkpoint, self.backend,
-                              self._memo.setdefault((step, want_ys), {}) if pure else None, (*params, *extra))
-            ys = ys[::-1] if reverse and want_ys else ys
+                              self._memo.setdefault((step, want_ys), {}) if pure else None, (*params, *extra),
+                              1 if batch_major else 0)
+            if reverse and want_ys:
+                ys = ys[:, ::-1] if batch_major else ys[::-1]
         return state, ys
 
     def extra_repr(self):
