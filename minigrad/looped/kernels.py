@@ -25,7 +25,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-_JIT = dict(cache=True, nogil=True, error_model="numpy")
+from .diskcache import OPTIONS
+
+_JIT = dict(cache=True, **OPTIONS)      # the generated loops' options: their error model is these functions'
 
 
 @njit(**_JIT)
