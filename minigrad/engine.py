@@ -9,7 +9,7 @@ gradients back to each input's shape in one place: ``unbroadcast``.
 
 What a vjp reads must not change unseen. Arrays a user can reach (leaf operands, ndarray
 operands, results once read through ``.data``) are read-only while a node that may read them
-lives (``_Pin``); the library's own in-place changes lift that for the write and advance a
+lives (``_Hold``); the library's own in-place changes lift that for the write and advance a
 global clock (``_epoch``), and backward checks a node recorded before such a change
 (``_check_versions``), as PyTorch's version counters do.
 """
@@ -221,46 +221,89 @@ def _note_inplace(arr, epoch):
 
 # ---------------------------------------------------------------------------- read-only while a graph reads
 
-# id(an array that owns its memory) -> (weakref to its live _Pin, owner weakref, view weakrefs).
-# The array weakrefs are held here so that they stay reachable: when a pin dies in a garbage cycle
-# (a graph a cycle holds), CPython clears the weakrefs inside that cycle before it runs __del__,
-# which then found no array to make writable again.
+# id(an array that owns its memory) -> its _Pinned record, from its first pin until the array
+# dies. The array weakrefs are held here, outside any graph, so that they stay reachable: when a
+# node dies in a garbage cycle (a graph a cycle holds), CPython clears the weakrefs inside that
+# cycle before it runs __del__, which then found no array to make writable again.
 _pinned = {}
 
 
-class _Pin:
-    """Keeps an array (and the views of it given to ops) read-only while a recorded node may read
-    it: every such node holds the pin, and when the last of them is freed (by backward, or by
-    garbage collection) the arrays become writable again. So a write through the array itself
-    (``x.data[...] = v``, ``np.copyto``, ``out=``) raises instead of changing what a vjp reads;
-    the library's own in-place changes lift it for the write (``writable``) and bump the version.
-    It refers to the arrays weakly: a pin keeps nothing alive that no vjp keeps."""
+def _forget(ref, key, pinned=_pinned):
+    """The owner of record ``key`` died: drop the record (unless the id is another array's now)."""
+    p = pinned.get(key)
+    if p is not None and p.owner is ref:
+        del pinned[key]
 
-    __slots__ = ("key", "owner", "views", "__weakref__")
+
+class _Pinned:
+    """One array (with the views of it given to ops) and how many node holds keep it read-only.
+    It outlives its pins: a parameter pinned by every step's graph gets its record once, and
+    then a pin is a count and a flag. It refers to the arrays weakly: a pin keeps nothing alive
+    that no vjp keeps."""
+
+    __slots__ = ("count", "owner", "views")
 
     def __init__(self, owner):
-        self.key, self.owner, self.views = id(owner), weakref.ref(owner), []
-        owner.flags.writeable = False
-        _pinned[self.key] = (weakref.ref(self), self.owner, self.views)
+        key = id(owner)
+        self.count, self.owner, self.views = 0, weakref.ref(owner, lambda ref: _forget(ref, key)), []
+        _pinned[key] = self
+
+    def release(self):
+        self.count -= 1
+        if self.count:
+            return
+        for ref in (self.owner, *self.views):
+            a = ref()
+            if a is not None:
+                a.setflags(write=True)     # setflags: half the cost of assigning flags.writeable
+        self.views = []
+
+
+class _Hold:
+    """A node's hold on the arrays its vjp may read that a user can reach: while any node holding
+    an array lives (until backward frees it, or the graph is collected), the array is read-only,
+    so a write through it (``x.data[...] = v``, ``np.copyto``, ``out=``) raises instead of
+    changing what a vjp reads; the library's own in-place changes lift it for the write
+    (``writable``) and bump the version. One object per node, released once."""
+
+    __slots__ = ("pinned",)
+
+    def __init__(self):
+        self.pinned = []
+
+    def add(self, arr):
+        """Hold ``arr`` (and the array owning its memory) read-only; False if there is nothing
+        to hold (it was read-only to begin with)."""
+        owner = _owner(arr)
+        p = _pinned.get(id(owner))
+        if p is None or not p.count:
+            if not owner.flags.writeable:
+                return False
+            if p is None or p.owner() is not owner:
+                p = _Pinned(owner)
+            owner.setflags(write=False)
+        elif p.owner() is not owner:      # ids are unique only among live arrays
+            p = _Pinned(owner)
+            owner.setflags(write=False)
+        if arr is not owner and arr.flags.writeable:
+            arr.setflags(write=False)
+            p.views.append(weakref.ref(arr))
+        if p not in self.pinned:
+            p.count += 1
+            self.pinned.append(p)
+        return True
 
     def __del__(self):
         try:
-            entry = _pinned.get(self.key)
-            if entry is not None and entry[0]() in (self, None):     # None: cleared by the collector
-                del _pinned[self.key]
-            for a in (self.owner, *self.views):
-                a = a()
-                if a is not None:
-                    a.flags.writeable = True
+            for p in self.pinned:
+                p.release()
         except Exception:        # interpreter shutdown, or a view numpy will not make writable again
             pass
 
 
-def _pin_of(owner):
-    """The live pin of ``owner``, or None (ids are unique only among live arrays: check it is ours)."""
-    entry = _pinned.get(id(owner))
-    pin = None if entry is None else entry[0]()
-    return pin if pin is not None and pin.owner() is owner else None
+def _is_pinned(owner):
+    p = _pinned.get(id(owner))
+    return p is not None and p.count > 0 and p.owner() is owner
 
 
 def _owner(arr):
@@ -268,25 +311,11 @@ def _owner(arr):
     return arr if base is None or not isinstance(base, np.ndarray) else base
 
 
-def _pin(arr):
-    """The pin keeping ``arr`` (and the array owning its memory) read-only, or None if there is
-    nothing to pin (the array was read-only to begin with)."""
-    owner = _owner(arr)
-    pin = _pin_of(owner)
-    if pin is None:
-        if not owner.flags.writeable:
-            return None
-        pin = _Pin(owner)
-    if arr is not owner and arr.flags.writeable:
-        arr.flags.writeable = False
-        pin.views.append(weakref.ref(arr))
-    return pin
-
-
 def _pin_leaves(args):
-    """Pins for the arrays of the leaf Tensors and plain arrays among an op's operands: the data a
-    user can reach and write (results of ops are changed only by in-place operators: versions)."""
-    pins = []
+    """A hold on the arrays of the leaf Tensors and plain arrays among an op's operands: the data
+    a user can reach and write (results of ops are changed only by in-place operators: versions);
+    None if there is nothing to hold."""
+    hold = None
     for a in args:
         if type(a) is np.ndarray:
             arr = a
@@ -294,10 +323,10 @@ def _pin_leaves(args):
             arr = a._data
         else:
             continue
-        pin = _pin(arr)
-        if pin is not None:
-            pins.append(pin)
-    return tuple(pins) if pins else None
+        if hold is None:
+            hold = _Hold()
+        hold.add(arr)
+    return hold if hold is not None and hold.pinned else None
 
 
 def _pin_result(t):
@@ -307,13 +336,13 @@ def _pin_result(t):
     node = t._node
     if node._vjp is _freed or _state.trace is not None:
         return
-    pin = _pin(t._data)
-    if pin is not None:
-        pins = node._pins
-        if pins is None:
-            node._pins = (pin,)
-        elif pin not in pins:
-            node._pins = pins + (pin,)
+    hold = node._pins
+    if hold is None:
+        hold = _Hold()
+        if hold.add(t._data):
+            node._pins = hold
+    else:
+        hold.add(t._data)
 
 
 @contextlib.contextmanager
@@ -321,9 +350,8 @@ def writable(arr):
     """Lift the pins on ``arr`` for an in-place change the library tracks (an optimizer step, a
     load, an in-place operator): the caller bumps the version, which backward checks."""
     owner = _owner(arr)
-    pin = _pin_of(owner)
     lifted = []
-    if pin is not None:
+    if _is_pinned(owner):
         for a in (owner, arr) if arr is not owner else (owner,):
             if not a.flags.writeable:
                 a.flags.writeable = True

@@ -42,7 +42,7 @@ def broadcast(g: np.ndarray, shape: tuple) -> np.ndarray:
             return np.broadcast_to(g, shape)          # numpy's error message
         strides.append(s if n == m else 0)
     out = np.ndarray(shape, g.dtype, g, 0, tuple(strides))
-    out.flags.writeable = False
+    out.setflags(write=False)
     return out
 
 

@@ -107,7 +107,7 @@ class Node:
         # engine.apply spells these stores out instead of calling here: ~50 ns an op, ~1% of a tiny LSTM step
         self._parents, self._vjp, self._op, self._epoch, self._step = tuple(parents), vjp, op, epoch, step
         self.shape, self.dtype = shape, dtype
-        self._pins = pins      # engine._Pin: the arrays of its leaf operands stay read-only while it lives
+        self._pins = pins      # engine._Hold: the arrays of its leaf operands stay read-only while it lives
 
     ndim = property(lambda self: len(self.shape))
     op = property(lambda self: self._op, doc="The name of the op.")

@@ -326,3 +326,32 @@ def test_an_optimizer_steps_after_an_eval_forward_of_a_looped_lstm_was_collected
     model(x).sum().backward()
     opt.step()
     assert all(p.data.flags.writeable for p in model.parameters())
+
+
+def test_pin_records_stay_bounded_across_steps_and_go_with_their_array():
+    """A pinned array's record outlives its pins (a parameter is pinned by every step's graph):
+    it must not collect the views of every step, and it goes when the array dies."""
+    from minigrad import engine
+    w = mg.Tensor(np.ones((2, 3)), requires_grad=True)
+    x = np.arange(12.0).reshape(2, 6).copy()
+    for _ in range(50):
+        y = (mg.Tensor(x.T[:3]) @ w).sum()      # a fresh read-only view of x every step
+        assert not x.flags.writeable and not w.data.flags.writeable
+        y.backward()
+        assert x.flags.writeable and w.data.flags.writeable
+    record = engine._pinned[id(x)]
+    assert record.count == 0 and record.views == []
+    n = len(engine._pinned)
+    del x, record
+    assert len(engine._pinned) == n - 1
+
+
+def test_an_array_two_graphs_read_stays_read_only_until_both_are_freed():
+    w = mg.Tensor(np.ones(3), requires_grad=True)
+    a, b = (w * 2.0).sum(), (w * 3.0).sum()
+    a.backward()
+    with pytest.raises(ValueError, match="read-only"):
+        w.data[0] = 0.0
+    b.backward()
+    w.data[0] = 0.0
+    np.testing.assert_allclose(w.grad, [5.0, 5.0, 5.0])

@@ -195,7 +195,7 @@ class _Recurrent(Module):
         out = []
         for _ in range(self.n_states):
             z = np.zeros((batch, self.hidden_size), self.dtype)
-            z.flags.writeable = not read_only
+            z.setflags(write=not read_only)
             out.append(Tensor(z))
         return tuple(out)
 
