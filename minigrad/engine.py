@@ -537,7 +537,8 @@ def _seed(root, grad):
         if root._data.size != 1:
             raise RuntimeError(f"backward: grad can be created implicitly only for a single-element "
                                f"output; this one has shape {root.shape}. Pass grad= of that shape.")
-        grad = np.ones(root.shape, root.dtype)
+        grad = np.empty(root._data.shape, root._data.dtype)
+        grad.fill(1)                        # np.ones is a Python function: 0.5 us more
     else:
         grad = np.asarray(grad._data if isinstance(grad, Tensor) else grad, dtype=root.dtype)
         if grad.shape != root.shape:

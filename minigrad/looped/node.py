@@ -34,7 +34,7 @@ def _check_args(init, xs, length, checkpoint, backend):
     xs_flat, xs_struct = flatten(xs, "xs")
     if not xs_flat and length is None:
         raise ValueError("scan: pass xs (time on axis 0) or length= to say how many steps to run")
-    lengths = {x.shape[0] if x.ndim else None for x in xs_flat}
+    lengths = {x._data.shape[0] if x._data.ndim else None for x in xs_flat}
     if None in lengths:
         raise ValueError("scan: every xs must have a time axis (axis 0)")
     if length is not None:
@@ -116,9 +116,9 @@ def _scan(fn, init, xs, length, checkpoint, backend, memo=None, reads=(), ys_axi
     key = entry = None
     if memo is not None:
         key = (carry_struct, xs_struct, grad, backend,
-               tuple([(t.shape, t.dtype, t.requires_grad) for t in init_flat]),
-               tuple([(t.shape[1:], t.dtype, t.requires_grad) for t in xs_flat]),
-               tuple([(t.shape, t.dtype, t.requires_grad) for t in reads]))
+               tuple([(t._data.shape, t._data.dtype, t.requires_grad) for t in init_flat]),
+               tuple([(t._data.shape[1:], t._data.dtype, t.requires_grad) for t in xs_flat]),
+               tuple([(t._data.shape, t._data.dtype, t.requires_grad) for t in reads]))
         entry = memo.get(key)
         if entry is not None and not entry[1].fresh():
             entry = None                              # a global its inlined code read was rebound
