@@ -730,6 +730,20 @@ class JitRunner(Interpreter):
         self.kernels = None
         self._local = threading.local()
         self._mirrored = [(prim, prim.fn) for prim in {e.prim for e in self.loop} if prim in RULES]
+        self._bound = None
+        like = lambda vs: [(v.shape, v.dtype) for v in vs]          # noqa: E731
+        v = plan.vars
+        # what each call allocates, and which gradients it hands on, worked out once
+        self._like = {"carry": like(prog.carry_in), "saved": like(v[i] for i in gen.saved),
+                      "ys": like(prog.ys_out), "stacked": like(v[i] for i in plan.stacked),
+                      "env": like(v[i] for i in plan.env), "deferred": like(v[i] for i in gen.deferred_outs)}
+        self._reached_stacked = [(k, i, v[i].shape, v[i].dtype) for i, k in plan.stacked.items()
+                                 if i in self.reached]
+        self._reached_env = [(k, i, v[i].shape, v[i].dtype) for i, k in plan.env.items() if i in self.reached]
+        self._reached_deferred = [(k, e.inputs[0], e.inputs[1]) for k, (i, e) in enumerate(gen.deferred_outs.items())
+                                  if i in self.reached]
+        self._carry_reached = [v.id in self.reached for v in prog.carry_in]
+        self._transposed = [plan.env[i] for i in gen.env_t]          # the env values the reverse loop reads as .T
 
     def compile(self):
         """Compile (or load from the disk cache) the two loops; returns self."""
@@ -778,8 +792,12 @@ class JitRunner(Interpreter):
     # -------------------------------------------------------------- running
     def start(self, prog, reads, xs, T, need):
         run = super().start(prog, reads, xs, T, need)
-        run.K = [_contiguous(prog.eqns[i].inputs[j].value) for i, j in self.plan.consts]
-        run.E = [_contiguous(run.env[i]) for i in self.plan.env]
+        bound = self._bound                 # a layer's calls share one program: bind its constants once
+        if bound is None or bound[0] is not prog:
+            bound = self._bound = (prog, [_contiguous(prog.eqns[i].inputs[j].value) for i, j in self.plan.consts])
+        run.K = bound[1]
+        env = run.env
+        run.E = [_contiguous(env[i]) for i in self.plan.env]
         return run
 
     def _scratch(self):
@@ -791,23 +809,23 @@ class JitRunner(Interpreter):
             s = self._local.buffers = (
                 [np.empty(p.vars[i].shape, p.vars[i].dtype) for i in gen.temps],
                 [np.empty(p.vars[i].shape, p.vars[i].dtype) for i in gen.grads],
-                [np.empty(v.shape, v.dtype) for v in p.prog.carry_in])
+                [np.empty(shape, dtype) for shape, dtype in self._like["carry"]])
         return s
 
     def forward(self, run, t0, t1, carry, keep, Y=None):
         if _state.anomaly:           # the interpreter checks every vjp's gradient
             return super().forward(run, t0, t1, carry, keep, Y)
-        need = run.need and keep
-        p, gen, prog, n = self.plan, self.gen, run.prog, t1 - t0
+        need, n, like = run.need and keep, t1 - t0, self._like
         H, htape = self._hoist(run, t0, t1, need)
         HC = []
-        for c, v in zip(carry, prog.carry_in):
-            h = np.empty((n + 1,) + v.shape, v.dtype)
+        for c, (shape, dtype) in zip(carry, like["carry"]):
+            h = np.empty((n + 1,) + shape, dtype)
             h[0] = c
             HC.append(h)
-        X = [_contiguous(H[i]) for i in p.stacked]
-        S = [np.empty((n,) + p.vars[i].shape, p.vars[i].dtype) for i in gen.saved]
-        Ys = [Y[k][t0:t1] if Y is not None else np.empty((n,) + v.shape, v.dtype) for k, v in enumerate(prog.ys_out)]
+        X = [_contiguous(H[i]) for i in self.plan.stacked]
+        S = [np.empty((n,) + shape, dtype) for shape, dtype in like["saved"]]
+        Ys = [Y[k][t0:t1] for k in range(len(Y))] if Y is not None else \
+            [np.empty((n,) + shape, dtype) for shape, dtype in like["ys"]]
         self.compile().kernels[0](n, *HC, *X, *run.E, *run.K, *S, *Ys, *self._scratch()[0])
         # the final carry is copied out of the history, which it would otherwise keep alive
         return [h[n].copy() for h in HC], (_Tape((H, htape, HC, X, S, Ys)) if keep else None)
@@ -815,35 +833,32 @@ class JitRunner(Interpreter):
     def backward(self, run, t0, t1, tape, g_carry, GY):
         if not isinstance(tape, _Tape):
             return super().backward(run, t0, t1, tape, g_carry, GY)
-        p, gen, prog, n = self.plan, self.gen, run.prog, t1 - t0
-        vars_ = p.vars
-        GC = [np.zeros(v.shape, v.dtype) if g is None else np.array(g, v.dtype, order="C")
-              for g, v in zip(g_carry, prog.carry_out)]
-        GYs = [np.zeros((n,) + v.shape, v.dtype) if g is None else np.ascontiguousarray(g[t0:t1], v.dtype)
-               for g, v in zip(GY, prog.ys_out)]
-        GX = [np.empty((n,) + vars_[i].shape, vars_[i].dtype) for i in p.stacked]
-        GE = [np.zeros(vars_[i].shape, vars_[i].dtype) for i in p.env]
-        GD = [np.empty((n,) + vars_[i].shape, vars_[i].dtype) for i in gen.deferred_outs]
+        n, like = t1 - t0, self._like
+        GC = [np.zeros(shape, dtype) if g is None else np.array(g, dtype, order="C")
+              for g, (shape, dtype) in zip(g_carry, like["carry"])]
+        GYs = [np.zeros((n,) + shape, dtype) if g is None else np.ascontiguousarray(g[t0:t1], dtype)
+               for g, (shape, dtype) in zip(GY, like["ys"])]
+        GX = [np.empty((n,) + shape, dtype) for shape, dtype in like["stacked"]]
+        GE = [np.zeros(shape, dtype) for shape, dtype in like["env"]]
+        GD = [np.empty((n,) + shape, dtype) for shape, dtype in like["deferred"]]
         B, G, GI = self._scratch()
-        ET = [np.ascontiguousarray(run.E[p.env[i]].T) for i in gen.env_t]
-        self.kernels[1](n, *tape.HC, *tape.X, *run.E, *run.K, *tape.S, *tape.Y, *GC, *GYs, *GI, *GX, *GE, *GD,
+        E = run.E
+        ET = [np.ascontiguousarray(E[k].T) for k in self._transposed]
+        self.kernels[1](n, *tape.HC, *tape.X, *E, *run.K, *tape.S, *tape.Y, *GC, *GYs, *GI, *GX, *GE, *GD,
                         *G, *ET, *B)
-        hgrads = GradTable(_state.anomaly)
-        for i, k in p.stacked.items():
-            if i in self.reached:
-                hgrads.add(i, GX[k], (n,) + vars_[i].shape, vars_[i].dtype)
-        for i, k in p.env.items():
-            if i in self.reached:
-                run.cross.add(i, FreshGrad(GE[k]), vars_[i].shape, vars_[i].dtype, "scan", None, True)
-        for D, (i, e) in zip(GD, gen.deferred_outs.items()):
-            if i in self.reached:
-                a, w = e.inputs
-                A = self._stacked(a, tape)
-                gw = np.dot(A.reshape(-1, A.shape[-1]).T, D.reshape(-1, D.shape[-1]))   # 2-D: dot costs less than @
-                run.cross.add(w.id, FreshGrad(gw), w.shape, w.dtype, "scan", None, True)
-        if tape.htape or hgrads.grads:
+        cross = run.cross
+        for k, i, shape, dtype in self._reached_env:
+            cross.add(i, FreshGrad(GE[k]), shape, dtype, "scan", None, True)
+        for k, a, w in self._reached_deferred:
+            A, D = self._stacked(a, tape), GD[k]
+            gw = np.dot(A.reshape(-1, A.shape[-1]).T, D.reshape(-1, D.shape[-1]))   # 2-D: dot costs less than @
+            cross.add(w.id, FreshGrad(gw), w.shape, w.dtype, "scan", None, True)
+        if tape.htape or self._reached_stacked:
+            hgrads = GradTable(_state.anomaly)
+            for k, i, shape, dtype in self._reached_stacked:
+                hgrads.add(i, GX[k], (n,) + shape, dtype)
             self._hoisted_backward(run, t0, t1, tape.htape, hgrads)
-        return [GC[j] if v.id in self.reached else None for j, v in enumerate(prog.carry_in)]
+        return [g if r else None for g, r in zip(GC, self._carry_reached)]
 
     def _stacked(self, v, tape):
         """Value ``v`` over the segment's steps, as one (n, ...) array (a view where it can)."""
