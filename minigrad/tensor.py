@@ -481,6 +481,14 @@ class Tensor:
 _DEVICES = ("cpu", "cuda", "mps", "xpu", "meta")
 
 
+def _wrap(arr):
+    """A leaf Tensor of the ndarray ``arr``, without ``Tensor()``'s checks: for the library's own
+    results (a scan's outputs, a layer's zero states)."""
+    t = Tensor.__new__(Tensor)
+    t._data, t._grad, t.requires_grad, t._node = arr, None, False, None
+    return t
+
+
 class _Size(int):
     """``t.size`` is the number of elements (numpy's meaning), and calling it gives PyTorch's:
     ``t.size()`` the shape, ``t.size(dim)`` the length of one axis."""

@@ -65,7 +65,7 @@ class Run:
     """One call's state: the values read from outside and computed once, the tables of the
     gradients that outlive a segment, and the once-stage tape."""
 
-    def __init__(self, prog: Program, reads, xs, T, need, recorder=None, read_tensors=()):
+    def __init__(self, prog: Program, reads, xs, T, need, recorder=None, read_tensors=(), once=True):
         self.prog, self.xs, self.T, self.need = prog, xs, T, need
         self.env = {v.id: a for v, a in zip(prog.reads, reads)}
         anomaly = _state.anomaly
@@ -73,7 +73,7 @@ class Run:
         self.cross = GradTable(anomaly, watch)       # reads and once-values, summed over all steps
         self.xgrads = GradTable(anomaly)              # stacked gradients of the xs
         self.once_tape = []
-        for e in prog.eqns:
+        for e in prog.eqns if once else ():       # once=False: the caller knows there is no once stage
             if e.stage == "once":
                 operands = [self.env[x.id] if isinstance(x, Var) else x.value for x in e.inputs]
                 out, vjp = _call(e, operands, e.static_dict, _needs(e, need))
@@ -103,6 +103,7 @@ class Interpreter:
 
     def __init__(self, prog: Program):
         self.hoisted = [e for e in prog.eqns if e.stage == "hoisted"]
+        self.once = any(e.stage == "once" for e in prog.eqns)
         self.loop = [e for e in prog.eqns if e.stage == "loop"]
         self.stacked = {e.out.id for e in self.hoisted} | {x.id for x in prog.xs_in}
         self.vars = {v.id: v for v in (*prog.xs_in, *(e.out for e in prog.eqns))}
@@ -110,7 +111,7 @@ class Interpreter:
                                          | {v.id for v in (*prog.carry_out, *prog.ys_out) if v.id in self.stacked})
 
     def start(self, prog, reads, xs, T, need):
-        return Run(prog, reads, xs, T, need)
+        return Run(prog, reads, xs, T, need, once=self.once)
 
     def fresh(self):
         """Whether this backend may still run its program (it captured nothing: always)."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..engine import _epoch, _pin_leaves, active_trace, is_grad_enabled
 from ..gradients import FreshGrad
-from ..tensor import Node, Tensor, _state
+from ..tensor import Node, _state, _wrap
 from . import backends
 from .interpret import Interpreter, Run
 from .passes import optimize
@@ -140,9 +140,9 @@ def _scan(fn, init, xs, length, checkpoint, backend, memo=None, reads=(), ys_axi
     Y, carry = runner.outputs(prog, T, list(arrays[2]))
     carry, segments = _forward(runner, run, T, carry, need, checkpoint, Y)
     Ys = Y if ys_axis == 0 else [y.swapaxes(0, ys_axis) for y in Y]
-    outs = [Tensor(a) for a in (*(carry if runner.owns_carry else _own_carry(carry, Y, arrays)), *Ys)]
+    outs = [_wrap(a) for a in (*(carry if runner.owns_carry else _own_carry(carry, Y, arrays)), *Ys)]
     if need:
-        vjp = LoopedVJP(runner, run, segments, T, checkpoint, [(c.shape, c.dtype) for c in carry],
+        vjp = LoopedVJP(runner, run, segments, T, checkpoint, len(carry),
                         (program, read_tensors, arrays, init_flat + xs_flat))
         _record(vjp, inputs, outs, constants, len(carry), ys_axis)
     n = len(carry)
@@ -182,15 +182,15 @@ class LoopedVJP:
     its outputs' nodes put their gradients in; never the outputs."""
 
     reports_contributions = True
-    __slots__ = ("runner", "run", "segments", "T", "checkpoint", "carry_like", "box", "replay")
+    __slots__ = ("runner", "run", "segments", "T", "checkpoint", "n_carry", "box", "replay")
 
-    def __init__(self, runner, run, segments, T, checkpoint, carry_like, replay):
+    def __init__(self, runner, run, segments, T, checkpoint, n_carry, replay):
         self.runner, self.run, self.segments, self.T = runner, run, segments, T
-        self.checkpoint, self.carry_like, self.replay = checkpoint, carry_like, replay
-        self.box = [None] * (len(carry_like) + len(run.prog.ys_out))
+        self.checkpoint, self.n_carry, self.replay = checkpoint, n_carry, replay
+        self.box = [None] * (n_carry + len(run.prog.ys_out))
 
     def __call__(self, _):
-        box, n = self.box, len(self.carry_like)
+        box, n = self.box, self.n_carry
         g_carry, GY = box[:n], box[n:]
         self.box = [None] * len(box)
         recorder = _state.recorder

@@ -37,7 +37,7 @@ from .. import functional as F
 from ..engine import gc_paused, timestep
 from ..looped.node import BACKENDS, Memo, _scan
 from ..random import get_rng
-from ..tensor import Tensor
+from ..tensor import Tensor, _wrap
 from . import init
 from .functional import dropout as _dropout
 from .layers import as_input, float_dtype
@@ -195,8 +195,9 @@ class _Recurrent(Module):
         out = []
         for _ in range(self.n_states):
             z = np.zeros((batch, self.hidden_size), self.dtype)
-            z.setflags(write=not read_only)
-            out.append(Tensor(z))
+            if read_only:
+                z.setflags(write=False)
+            out.append(_wrap(z))
         return tuple(out)
 
     def _check_state(self, state, batch, who, shape=None):
