@@ -134,7 +134,7 @@ def _scan(fn, init, xs, length, checkpoint, backend, memo=None, reads=(), ys_axi
         prog, runner, positions, ys_struct, program, constants = entry
         read_tensors = [reads[i] for i in positions]
     inputs = init_flat + xs_flat + read_tensors
-    need = grad and any(t.requires_grad for t in inputs)
+    need = grad and any([t.requires_grad for t in inputs])
     arrays = ([t._data for t in read_tensors], [x._data for x in xs_flat], [c._data for c in init_flat])
     run = runner.start(prog, arrays[0], arrays[1], T, need)
     Y, carry = runner.outputs(prog, T, list(arrays[2]))
@@ -273,11 +273,12 @@ def _record(vjp, inputs, outs, constants=(), n_carry=0, ys_axis=0):
     hub = Node([(t._node or t) if t.requires_grad else None for t in inputs], vjp, "scan", _epoch[0],
                _state.step, (0,), np.dtype(np.float64), pins)
     for n, t in enumerate(outs):
-        if t.dtype.kind != "f":                   # integer and boolean outputs carry no gradient
+        a = t._data
+        if a.dtype.kind != "f":                   # integer and boolean outputs carry no gradient
             continue
         t.requires_grad = True
         take = _Take(vjp, n, ys_axis if n >= n_carry else 0)
-        t._node = Node((hub,), take, "scan.output", hub._epoch, hub._step, t._data.shape, t._data.dtype)
+        t._node = Node((hub,), take, "scan.output", hub._epoch, hub._step, a.shape, a.dtype)
 
 
 def scan_program(fn, init, xs=None, length=None):
