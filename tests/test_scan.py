@@ -806,3 +806,29 @@ def test_backward_never_writes_into_the_outputs_it_returned():
         ((ys * ys).sum() + carry.sum()).backward()
         np.testing.assert_array_equal(carry.data, seen[0])
         np.testing.assert_array_equal(ys.data, seen[1])
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_an_unrolled_layer_inside_a_scan_body_reads_every_step_of_its_input(kind, masked):
+    """The unrolled layer took its input for plain data when it required no gradient: inside a
+    traced body that array holds step 0 only, so every outer step read step 0's sequence."""
+    rng = np.random.default_rng(0)
+    inner = getattr(nn, kind)(2, 3, dtype=np.float64, unroll=True)
+    xs = mg.Tensor(rng.standard_normal((4, 2, 5, 2)))        # outer steps, batch, inner time, features
+    mask = np.ones((2, 5), bool)
+    mask[1, 3:] = False
+    h0 = mg.Tensor(np.zeros((2, 3)))
+
+    def body(h, x):
+        y = inner(x, mask=mask if masked else None)
+        return h + y, y
+
+    results = []
+    for run in (mg.scan, plain_loop):
+        inner.zero_grad()
+        carry, ys = run(body, h0, xs)
+        (carry.sum() + (ys * ys).sum()).backward()
+        results.append((carry.numpy(), ys.numpy(), *(p.grad.copy() for p in inner.parameters())))
+    for got, want in zip(*results):
+        np.testing.assert_allclose(got, want, **TIGHT)

@@ -34,7 +34,7 @@ import warnings
 import numpy as np
 
 from .. import functional as F
-from ..engine import gc_paused, timestep
+from ..engine import active_trace, gc_paused, timestep
 from ..looped.node import BACKENDS, Memo, _scan
 from ..random import get_rng
 from ..tensor import Tensor, _wrap
@@ -226,6 +226,18 @@ class _Recurrent(Module):
         return f"{self.input_size}, {self.hidden_size}, dtype={self.dtype.name}"
 
 
+def _plain(x):
+    """Is ``x`` data outside any graph: no gradient to record, and no scan tracing the body that
+    reads it (a traced value's array holds step 0 only: read as data, it would be a constant)?"""
+    return not x.requires_grad and active_trace() is None
+
+
+def _time_major(x):
+    """``x`` (batch, time, features) as (time, batch, features): a plain view for plain data (an
+    op would only cost its call), else an op."""
+    return _wrap(x._data.transpose(1, 0, 2)) if _plain(x) else x.transpose(1, 0, 2)
+
+
 # ---------------------------------------------------------------- cells
 
 class _Cell(_Recurrent):
@@ -306,7 +318,7 @@ class _Layer(_Recurrent):
         if mask is not None:
             mask = np.ascontiguousarray(_check_mask(mask, batch, T, who).T[:, :, None])   # time-major, (T, batch, 1)
         D, sets = self.directions, self._weight_sets()
-        seq, finals = x.transpose(1, 0, 2), []                              # time-major
+        seq, finals = _time_major(x), []
         for layer in range(self.num_layers):
             last = layer == self.num_layers - 1
             want_ys, ys = self.return_sequences or not last, []
@@ -376,7 +388,7 @@ class _Layer(_Recurrent):
 
         if self.unroll:
             seq, m_seq = (xs, None) if mask is None else xs
-            if not seq.requires_grad:        # data outside the graph: no getitem op per step
+            if _plain(seq):                  # data outside the graph: no getitem op per step
                 seq = [Tensor(a) for a in seq._data]
                 m_seq = None if mask is None else [Tensor(a) for a in m_seq._data]
             ys = []
