@@ -516,7 +516,10 @@ def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:
                 if gi is not None:
                     if type(p) is not Node:           # a leaf: its OuterGrads may be kept to multiply out stacked
                         a = p._data
-                        table.add(p, gi, a.shape, a.dtype, t._op, t._step, True, report)
+                        if plain and type(gi) is FreshGrad and gi.array.shape == a.shape and gi.array.dtype is a.dtype:
+                            table.put(p, gi.array)        # a scan's parameter gradient, as the loop made it
+                        else:
+                            table.add(p, gi, a.shape, a.dtype, t._op, t._step, True, report)
                     elif plain and type(gi) is np.ndarray and p not in grads and gi.shape == p.shape \
                             and gi.dtype is p.dtype:
                         grads[p] = gi                 # GradTable.add's first use of a node, spelled out

@@ -215,6 +215,16 @@ class GradTable:
             grads[key] = s if type(s) is np.ndarray else np.asarray(s)    # 0-d sums give a numpy scalar
             self.owned.add(key)
 
+    def put(self, key, array, op="", step=None):
+        """``add(key, FreshGrad(array), ...)`` for an ``array`` already of the key's shape and
+        dtype: the first gradient of a key is kept without add's checks of form, shape and dtype
+        (a compiled loop's gradients, twice per parameter and call)."""
+        if self.plain and key not in self.grads:
+            self.grads[key] = array
+            self.owned.add(key)
+        else:
+            self.add(key, FreshGrad(array), array.shape, array.dtype, op, step, True)
+
     def _check(self, key, op, step, report, arr, dense):
         """What anomaly detection and a recorder want of one use: its gradient ``arr`` finite, and
         its share (``dense()``, made only for a watched key) told to the recorder."""

@@ -32,7 +32,7 @@ import threading
 
 import numpy as np
 
-from ..gradients import FreshGrad, GradTable
+from ..gradients import GradTable
 from ..ops import compare, getitem, matmul, where
 from ..ops import sum as _sum
 from ..tensor import _state
@@ -739,7 +739,7 @@ class JitRunner(Interpreter):
                       "env": like(v[i] for i in plan.env), "deferred": like(v[i] for i in gen.deferred_outs)}
         self._reached_stacked = [(k, i, v[i].shape, v[i].dtype) for i, k in plan.stacked.items()
                                  if i in self.reached]
-        self._reached_env = [(k, i, v[i].shape, v[i].dtype) for i, k in plan.env.items() if i in self.reached]
+        self._reached_env = [(k, i) for i, k in plan.env.items() if i in self.reached]
         self._reached_deferred = [(k, e.inputs[0], e.inputs[1]) for k, (i, e) in enumerate(gen.deferred_outs.items())
                                   if i in self.reached]
         self._carry_reached = [v.id in self.reached for v in prog.carry_in]
@@ -847,12 +847,12 @@ class JitRunner(Interpreter):
         self.kernels[1](n, *tape.HC, *tape.X, *E, *run.K, *tape.S, *tape.Y, *GC, *GYs, *GI, *GX, *GE, *GD,
                         *G, *ET, *B)
         cross = run.cross
-        for k, i, shape, dtype in self._reached_env:
-            cross.add(i, FreshGrad(GE[k]), shape, dtype, "scan", None, True)
+        for k, i in self._reached_env:
+            cross.put(i, GE[k], "scan")
         for k, a, w in self._reached_deferred:
             A, D = self._stacked(a, tape), GD[k]
             gw = np.dot(A.reshape(-1, A.shape[-1]).T, D.reshape(-1, D.shape[-1]))   # 2-D: dot costs less than @
-            cross.add(w.id, FreshGrad(gw), w.shape, w.dtype, "scan", None, True)
+            cross.put(w.id, gw if gw.dtype == w.dtype else gw.astype(w.dtype), "scan")
         if tape.htape or self._reached_stacked:
             hgrads = GradTable(_state.anomaly)
             for k, i, shape, dtype in self._reached_stacked:
