@@ -299,8 +299,9 @@ def _expand(g, axis, keepdims, ndim):
 
 @primitive(_builtin=True)
 def sum(x, *, axis=None, keepdims=False):
-    shape = x.shape
-    return (x.sum(axis=axis, keepdims=keepdims),
+    x = np.asarray(x)
+    shape = x.shape                 # np.add.reduce is ndarray.sum without its Python wrapper
+    return (np.add.reduce(x, axis=axis, keepdims=keepdims),
             lambda g: (broadcast(_expand(g, axis, keepdims, len(shape)), shape),))
 
 

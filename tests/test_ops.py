@@ -707,3 +707,16 @@ def test_transpose_of_a_python_number():
         assert out.shape == () and out.item() == v
     np.testing.assert_array_equal(mg.ops.transpose(np.arange(6.0).reshape(2, 3), axes=(-1, 0)).data,
                                   np.arange(6.0).reshape(2, 3).T)
+
+
+def test_sum_of_a_python_number_and_of_integers_as_numpy():
+    """ops take numbers as operands: summing one is the number (mg.ops.sum(2.0) raised
+    AttributeError); integer and boolean sums promote as numpy's do."""
+    for v in (2.0, 3):
+        out = mg.ops.sum(v)
+        assert out.shape == () and out.item() == v
+    for a in (np.ones((2, 3), bool), np.arange(6, dtype=np.int8).reshape(2, 3), np.ones(4, np.uint8)):
+        for kw in ({}, {"axis": 0}, {"axis": -1, "keepdims": True}):
+            got, want = mg.Tensor(a).sum(**kw).data, a.sum(**kw)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
