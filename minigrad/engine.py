@@ -221,32 +221,45 @@ def _note_inplace(arr, epoch):
 
 # ---------------------------------------------------------------------------- read-only while a graph reads
 
-# id(an array that owns its memory) -> its _Pinned record, from its first pin until the array
-# dies. The array weakrefs are held here, outside any graph, so that they stay reachable: when a
-# node dies in a garbage cycle (a graph a cycle holds), CPython clears the weakrefs inside that
-# cycle before it runs __del__, which then found no array to make writable again.
+# id(an array that owns its memory) -> its _Pinned record, while the array is pinned and, idle,
+# among the last IDLE_RECORDS pinned (a parameter pinned by every step's graph keeps its record;
+# a dataset of arrays each pinned once does not keep one per array). The array weakrefs are held
+# here, outside any graph, so that they stay reachable: when a node dies in a garbage cycle (a
+# graph a cycle holds), CPython clears the weakrefs inside that cycle before it runs __del__,
+# which then found no array to make writable again.
 _pinned = {}
+_idle = {}              # key -> record whose count is 0, oldest first
+IDLE_RECORDS = 256
 
 
-def _forget(ref, key, pinned=_pinned):
+def _forget(ref, key):
     """The owner of record ``key`` died: drop the record (unless the id is another array's now)."""
-    p = pinned.get(key)
-    if p is not None and p.owner is ref:
-        del pinned[key]
+    for table in (_idle, _pinned):
+        p = table.get(key)
+        if p is not None and p.owner is ref:
+            del table[key]
 
 
 class _Pinned:
     """One array (with the views of it given to ops) and how many node holds keep it read-only.
-    It outlives its pins: a parameter pinned by every step's graph gets its record once, and
-    then a pin is a count and a flag. It refers to the arrays weakly: a pin keeps nothing alive
-    that no vjp keeps."""
+    Idle (count 0), it stays a while: a parameter pinned by every step's graph gets its record
+    once, and then a pin is a count and a flag. It refers to the arrays weakly: a pin keeps
+    nothing alive that no vjp keeps."""
 
-    __slots__ = ("count", "owner", "views")
+    __slots__ = ("key", "count", "owner", "views")
 
     def __init__(self, owner):
-        key = id(owner)
-        self.count, self.owner, self.views = 0, weakref.ref(owner, lambda ref: _forget(ref, key)), []
+        key = self.key = id(owner)
+        self.count, self.views = 0, []
+        self.owner = weakref.ref(owner, lambda ref: _forget(ref, key))
         _pinned[key] = self
+
+    def add_view(self, arr):
+        arr.setflags(write=False)
+        views = self.views
+        if len(views) >= 32:                  # graphs that overlap never reach count 0: drop dead views
+            views[:] = [r for r in views if r() is not None]
+        views.append(weakref.ref(arr))
 
     def release(self):
         self.count -= 1
@@ -257,6 +270,12 @@ class _Pinned:
             if a is not None:
                 a.setflags(write=True)     # setflags: half the cost of assigning flags.writeable
         self.views = []
+        _idle[self.key] = self
+        if len(_idle) > IDLE_RECORDS:
+            key, old = next(iter(_idle.items()))
+            del _idle[key]
+            if _pinned.get(key) is old:
+                del _pinned[key]
 
 
 class _Hold:
@@ -276,21 +295,22 @@ class _Hold:
         to hold (it was read-only to begin with)."""
         owner = _owner(arr)
         p = _pinned.get(id(owner))
-        if p is None or not p.count:
+        if p is None or p.owner() is not owner:       # ids are unique only among live arrays
             if not owner.flags.writeable:
                 return False
-            if p is None or p.owner() is not owner:
-                p = _Pinned(owner)
-            owner.setflags(write=False)
-        elif p.owner() is not owner:      # ids are unique only among live arrays
             p = _Pinned(owner)
-            owner.setflags(write=False)
-        if arr is not owner and arr.flags.writeable:
-            arr.setflags(write=False)
-            p.views.append(weakref.ref(arr))
         if p not in self.pinned:
+            # counted before anything below allocates: an allocation may run the collector, which
+            # may free the record's other holds (a graph in a cycle) and release it
+            if not p.count:
+                if not owner.flags.writeable:
+                    return False
+                owner.setflags(write=False)
+                _idle.pop(p.key, None)
             p.count += 1
             self.pinned.append(p)
+        if arr is not owner and arr.flags.writeable:
+            p.add_view(arr)
         return True
 
     def __del__(self):

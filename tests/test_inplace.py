@@ -355,3 +355,56 @@ def test_an_array_two_graphs_read_stays_read_only_until_both_are_freed():
     b.backward()
     w.data[0] = 0.0
     np.testing.assert_allclose(w.grad, [5.0, 5.0, 5.0])
+
+
+def test_a_pin_survives_the_collector_freeing_the_arrays_last_other_graph_mid_pin():
+    """Pinning counted an array's new hold only after allocating for a view of it: the collector,
+    run by that allocation, could free a cyclic graph holding the array's last pin, leave it
+    writable, and the new graph's gradient read whatever was written next."""
+    import gc
+
+    class Cycle:
+        pass
+
+    threshold = gc.get_threshold()
+    try:
+        for th in range(1, 80):           # the collector runs at a different allocation each time
+            W = mg.Tensor(np.ones(4), requires_grad=True)
+            view = W.data[:2]                       # made before any pin: writable
+            u = mg.Tensor(np.ones(2), requires_grad=True)
+            gc.collect()
+            c = Cycle()
+            c.c, c.loss = c, (W * 2.0).sum()        # a graph holding W, left as cyclic garbage
+            del c
+            gc.set_threshold(th, 10, 10)
+            y = (mg.Tensor(view) * u).sum()         # reads W's memory through the view
+            gc.set_threshold(*threshold)
+            gc.collect()
+            assert not W.data.flags.writeable, th
+            with pytest.raises(ValueError, match="read-only"):
+                W.data[0] = 100.0
+            y.backward()
+            np.testing.assert_array_equal(u.grad, [1.0, 1.0])
+    finally:
+        gc.set_threshold(*threshold)
+
+
+def test_idle_pin_records_are_bounded_and_views_of_overlapping_graphs_do_not_pile_up():
+    from minigrad import engine
+    w = mg.Tensor(np.ones(3), requires_grad=True)
+    data = [np.full(3, float(i)) for i in range(3 * engine.IDLE_RECORDS)]     # each pinned once
+    for x in data:
+        (mg.Tensor(x) * w).sum().backward()
+    assert len(engine._idle) <= engine.IDLE_RECORDS
+    assert sum(1 for k in engine._pinned if any(k == id(x) for x in data)) <= engine.IDLE_RECORDS
+    assert all(x.flags.writeable for x in data)
+    big = np.ones((200, 3))
+    kept = None
+    for i in range(200):                           # each graph lives into the next step: never count 0
+        y = (mg.Tensor(big[i]) * w).sum()
+        if kept is not None:
+            kept.backward()
+        kept = y
+    assert len(engine._pinned[id(big)].views) <= 33
+    kept.backward()
+    assert big.flags.writeable
