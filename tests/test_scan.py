@@ -5,6 +5,8 @@ loops) and through ``plain_loop`` (ordinary Tensor ops, one engine node per op a
 and the gradients of init, xs and every outside tensor must agree to 1e-10 in float64; a sample of
 bodies is also gradchecked against finite differences, which share nothing with either path.
 """
+import contextlib
+
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import numpy as np
@@ -832,3 +834,32 @@ def test_an_unrolled_layer_inside_a_scan_body_reads_every_step_of_its_input(kind
         results.append((carry.numpy(), ys.numpy(), *(p.grad.copy() for p in inner.parameters())))
     for got, want in zip(*results):
         np.testing.assert_allclose(got, want, **TIGHT)
+
+
+@pytest.mark.parametrize("backend", ["interpret", "numpy", "numba"])
+@pytest.mark.parametrize("anomaly", [False, True])
+def test_each_call_reads_its_own_constants(backend, anomaly):
+    """A program is compiled once per structure and rebound to each call's constants; the
+    interpreter (and numba under detect_anomaly, which runs it) read the first call's."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    rng = np.random.default_rng(0)
+    W = mg.Tensor(rng.standard_normal((3, 3)), requires_grad=True)
+    h0 = mg.Tensor(rng.standard_normal((2, 3)))
+    xs = mg.Tensor(rng.standard_normal((4, 2, 3)))
+    for _ in range(3):
+        C = rng.standard_normal((2, 3))            # a different ndarray every call: a constant of the body
+
+        def body(h, x):
+            h = (h @ W + x * C).tanh()
+            return h, h
+
+        results = []
+        for run in (lambda f, i, x: mg.scan(f, i, x, backend=backend), plain_loop):
+            W.grad = None
+            with mg.detect_anomaly() if anomaly else contextlib.nullcontext():
+                carry, ys = run(body, h0, xs)
+                (carry.sum() + ys.sum()).backward()
+            results.append((carry.numpy(), ys.numpy(), W.grad.copy()))
+        for got, want in zip(*results):
+            np.testing.assert_allclose(got, want, **TIGHT)

@@ -105,6 +105,10 @@ class Interpreter:
         self.hoisted = [e for e in prog.eqns if e.stage == "hoisted"]
         self.once = any(e.stage == "once" for e in prog.eqns)
         self.loop = [e for e in prog.eqns if e.stage == "loop"]
+        # positions, not equations: a call runs its own program (this one rebound to the call's
+        # constants and static values), whose equations are these at the same positions
+        self._hoisted_at = [i for i, e in enumerate(prog.eqns) if e.stage == "hoisted"]
+        self._loop_at = [i for i, e in enumerate(prog.eqns) if e.stage == "loop"]
         self.stacked = {e.out.id for e in self.hoisted} | {x.id for x in prog.xs_in}
         self.vars = {v.id: v for v in (*prog.xs_in, *(e.out for e in prog.eqns))}
         self.loop_reads_stacked = sorted({x.id for e in self.loop for x in e.vars_in() if x.id in self.stacked}
@@ -143,7 +147,8 @@ class Interpreter:
         prog = run.prog
         H = {x.id: X[t0:t1] for x, X in zip(prog.xs_in, run.xs)}
         htape = []
-        for e in self.hoisted:
+        eqns = prog.eqns
+        for e in [eqns[i] for i in self._hoisted_at]:
             stacked = [isinstance(x, Var) and x.id in H for x in e.inputs]
             operands = [(H[x.id] if s else run.env[x.id]) if isinstance(x, Var) else x.value
                         for x, s in zip(e.inputs, stacked)]
@@ -155,6 +160,7 @@ class Interpreter:
 
     def _loop(self, run, H, t0, t1, carry, need, Y):
         prog = run.prog
+        loop = [prog.eqns[i] for i in self._loop_at]
         steps = []
         for t in range(t0, t1):
             vals = dict(run.env)
@@ -163,7 +169,7 @@ class Interpreter:
             for k in self.loop_reads_stacked:
                 vals[k] = H[k][t - t0]
             tape = []
-            for e in self.loop:
+            for e in loop:
                 operands = [vals[x.id] if isinstance(x, Var) else x.value for x in e.inputs]
                 out, vjp = _call(e, operands, e.static_dict, _needs(e, need))
                 vals[e.out.id] = out
