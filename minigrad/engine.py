@@ -352,8 +352,18 @@ def _pin_leaves(args):
 def _pin_result(t):
     """Pin the array of an op's result that the user reaches (``.data``, ``.numpy()``): its own
     op's vjp may read it (exp, tanh, sigmoid keep their output), and so may a later op's. The pin
-    goes with its op's node, which lives as long as any graph built on the result."""
+    goes with its op's node, which lives as long as any graph built on the result. A leaf's array
+    that is a view of an array a graph holds (``Tensor(X[:2])``, X pinned through another view of
+    it) is made read-only with it: a write through it would change what that graph reads."""
     node = t._node
+    if node is None:
+        arr = t._data
+        if arr.base is not None and arr.flags.writeable:
+            owner = _owner(arr)
+            p = _pinned.get(id(owner))
+            if p is not None and p.count and p.owner() is owner:
+                p.add_view(arr)
+        return
     if node._vjp is _freed or _state.trace is not None:
         return
     hold = node._pins

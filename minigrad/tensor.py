@@ -163,8 +163,7 @@ class Tensor:
         under ``mg.no_grad()``, which backward sees as a version change."""
         if _state.trace is not None:
             _check_not_traced(self, ".data")
-        if self._node is not None:
-            _pin_result(self)
+        _pin_result(self)
         return self._data
 
     @data.setter
@@ -286,8 +285,7 @@ class Tensor:
     def numpy(self) -> np.ndarray:
         """The ndarray itself (no copy); read-only while a graph may read it, as ``data``."""
         _check_not_traced(self, "numpy()")
-        if self._node is not None:
-            _pin_result(self)
+        _pin_result(self)
         return self._data
 
     def item(self):
@@ -318,8 +316,7 @@ class Tensor:
         may read it, as ``data``; its in-place operators are version changes that graph sees)."""
         if _state.trace is not None:
             return ops.stop_gradient(self)      # inside a scan body: a traced op
-        if self._node is not None:
-            _pin_result(self)
+        _pin_result(self)
         return Tensor(self._data)
 
     def zero_grad(self) -> None:

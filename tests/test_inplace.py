@@ -408,3 +408,24 @@ def test_idle_pin_records_are_bounded_and_views_of_overlapping_graphs_do_not_pil
     assert len(engine._pinned[id(big)].views) <= 33
     kept.backward()
     assert big.flags.writeable
+
+
+@pytest.mark.parametrize("unroll", [False, True])
+def test_a_leaf_viewing_an_array_a_graph_holds_is_read_only_through_data(unroll):
+    """The graph holds X (the owner) and the view it was given; the leaf's own array, another
+    view of X, stayed writable: x.data[...] = 0 was accepted and the gradient read zeros."""
+    X = np.random.default_rng(0).standard_normal((4, 5, 3))
+    lstm = nn.LSTM(3, 2, dtype=np.float64, unroll=unroll)
+    x = mg.Tensor(X[0:2])
+    lstm(x).sum().backward()
+    want = [p.grad.copy() for p in lstm.parameters()]
+    lstm.zero_grad()
+    y = lstm(x).sum()
+    for write in (lambda: x.data.__setitem__(Ellipsis, 0.0), lambda: x.numpy().fill(0.0)):
+        with pytest.raises(ValueError, match="read-only"):
+            write()
+    y.backward()
+    for p, w in zip(lstm.parameters(), want):
+        np.testing.assert_allclose(p.grad, w, rtol=1e-12)
+    x.data[...] = 0.0                              # freed: writable again
+    assert not X[0:2].any()
