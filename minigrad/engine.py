@@ -19,6 +19,7 @@ import contextlib
 import functools
 import gc
 import inspect
+import threading
 import weakref
 from collections import namedtuple
 
@@ -230,6 +231,9 @@ def _note_inplace(arr, epoch):
 _pinned = {}
 _idle = {}              # key -> record whose count is 0, oldest first
 IDLE_RECORDS = 256
+# Counts change under one lock: threads may share a parameter. Re-entrant: the collector may free
+# a graph (and release its holds) inside an allocation made while the lock is held.
+_pin_lock = threading.RLock()
 
 
 def _forget(ref, key):
@@ -292,7 +296,7 @@ class _Hold:
 
     def add(self, arr):
         """Hold ``arr`` (and the array owning its memory) read-only; False if there is nothing
-        to hold (it was read-only to begin with)."""
+        to hold (it was read-only to begin with). The caller holds ``_pin_lock``."""
         owner = _owner(arr)
         p = _pinned.get(id(owner))
         if p is None or p.owner() is not owner:       # ids are unique only among live arrays
@@ -315,8 +319,9 @@ class _Hold:
 
     def __del__(self):
         try:
-            for p in self.pinned:
-                p.release()
+            with _pin_lock:
+                for p in self.pinned:
+                    p.release()
         except Exception:        # interpreter shutdown, or a view numpy will not make writable again
             pass
 
@@ -335,18 +340,19 @@ def _pin_leaves(args):
     """A hold on the arrays of the leaf Tensors and plain arrays among an op's operands: the data
     a user can reach and write (results of ops are changed only by in-place operators: versions);
     None if there is nothing to hold."""
-    hold = None
+    arrays = []
     for a in args:
         if type(a) is np.ndarray:
-            arr = a
+            arrays.append(a)
         elif isinstance(a, Tensor) and a._node is None:
-            arr = a._data
-        else:
-            continue
-        if hold is None:
-            hold = _Hold()
-        hold.add(arr)
-    return hold if hold is not None and hold.pinned else None
+            arrays.append(a._data)
+    if not arrays:
+        return None
+    hold = _Hold()
+    with _pin_lock:
+        for arr in arrays:
+            hold.add(arr)
+    return hold if hold.pinned else None
 
 
 def _pin_result(t):
@@ -356,23 +362,24 @@ def _pin_result(t):
     that is a view of an array a graph holds (``Tensor(X[:2])``, X pinned through another view of
     it) is made read-only with it: a write through it would change what that graph reads."""
     node = t._node
-    if node is None:
-        arr = t._data
-        if arr.base is not None and arr.flags.writeable:
-            owner = _owner(arr)
-            p = _pinned.get(id(owner))
-            if p is not None and p.count and p.owner() is owner:
-                p.add_view(arr)
-        return
-    if node._vjp is _freed or _state.trace is not None:
-        return
-    hold = node._pins
-    if hold is None:
-        hold = _Hold()
-        if hold.add(t._data):
-            node._pins = hold
-    else:
-        hold.add(t._data)
+    with _pin_lock:
+        if node is None:
+            arr = t._data
+            if arr.base is not None and arr.flags.writeable:
+                owner = _owner(arr)
+                p = _pinned.get(id(owner))
+                if p is not None and p.count and p.owner() is owner:
+                    p.add_view(arr)
+            return
+        if node._vjp is _freed or _state.trace is not None:
+            return
+        hold = node._pins
+        if hold is None:
+            hold = _Hold()
+            if hold.add(t._data):
+                node._pins = hold
+        else:
+            hold.add(t._data)
 
 
 @contextlib.contextmanager

@@ -429,3 +429,34 @@ def test_a_leaf_viewing_an_array_a_graph_holds_is_read_only_through_data(unroll)
         np.testing.assert_allclose(p.grad, w, rtol=1e-12)
     x.data[...] = 0.0                              # freed: writable again
     assert not X[0:2].any()
+
+
+def test_threads_sharing_a_parameter_never_see_it_writable_while_their_graph_lives():
+    """Pin counts change under a lock: unlocked, two threads' check-then-count could interleave
+    and leave a parameter writable under a live graph (a race: this stress test caught it in
+    about one run in two before the lock; it cannot fail with it)."""
+    import sys
+    import threading
+    W = mg.Tensor(np.ones((4, 4)), requires_grad=True)
+    seen_writable = []
+
+    def work():
+        x = mg.Tensor(np.ones((2, 4)))
+        for _ in range(6000):
+            y = (x @ W).tanh().sum()
+            if W.data.flags.writeable:
+                seen_writable.append(True)
+            y.backward()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not seen_writable
+    assert W.data.flags.writeable
