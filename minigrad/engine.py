@@ -493,17 +493,27 @@ class gc_paused:
     no reference cycles (parents point back in time, vjps hold arrays), yet every few hundred
     nodes the collector traverses all of it: an unrolled LSTM's per-step cost grew 1.9x from
     T = 10 to T = 1000 in backward and 1.2x in forward. Reference counting still frees it.
-    (A class, not a generator: backward enters it on every call.)"""
+    (A class, not a generator: backward enters it on every call.) The collector's switch is the
+    process's: pauses in several threads are counted under a lock, and the setting found by the
+    first is restored by the last (each restoring its own left it off for good when they overlapped)."""
 
-    __slots__ = ("was_enabled",)
+    __slots__ = ()
+    _lock = threading.Lock()
+    _depth = 0
+    _was_enabled = False
 
     def __enter__(self):
-        self.was_enabled = gc.isenabled()
-        gc.disable()
+        with gc_paused._lock:
+            if gc_paused._depth == 0:
+                gc_paused._was_enabled = gc.isenabled()
+                gc.disable()
+            gc_paused._depth += 1
 
     def __exit__(self, *exc):
-        if self.was_enabled:
-            gc.enable()
+        with gc_paused._lock:
+            gc_paused._depth -= 1
+            if gc_paused._depth == 0 and gc_paused._was_enabled:
+                gc.enable()
 
 
 def backward(root: Tensor, grad=None, retain_graph: bool = False) -> None:

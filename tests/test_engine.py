@@ -565,3 +565,32 @@ def test_broadcast_refuses_shapes_that_do_not_broadcast():
         broadcast(np.ones((2, 3)), (4, 3))
     with pytest.raises(ValueError):
         broadcast(np.ones((2, 3)), (3,))
+
+
+def test_backward_in_several_threads_leaves_the_collector_as_it_found_it():
+    """backward pauses the cyclic collector; each pause restored the setting it had seen, so two
+    overlapping in threads (the second seeing the first's pause) left it off for the process."""
+    import gc
+    import sys
+    import threading
+    W = mg.Tensor(np.ones((4, 4)), requires_grad=True)
+
+    def work():
+        x = mg.Tensor(np.ones((2, 4)))
+        for _ in range(2000):
+            (x @ W).tanh().sum().backward()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(3):
+            assert gc.isenabled()
+            threads = [threading.Thread(target=work) for _ in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert gc.isenabled()
+    finally:
+        sys.setswitchinterval(interval)
+        gc.enable()
