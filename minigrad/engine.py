@@ -326,9 +326,10 @@ class _Hold:
             pass
 
 
-def _is_pinned(owner):
+def _pinned_now(owner):
+    """The record keeping ``owner`` read-only now, or None (ids are unique only among live arrays)."""
     p = _pinned.get(id(owner))
-    return p is not None and p.count > 0 and p.owner() is owner
+    return p if p is not None and p.count > 0 and p.owner() is owner else None
 
 
 def _owner(arr):
@@ -366,9 +367,8 @@ def _pin_result(t):
         if node is None:
             arr = t._data
             if arr.base is not None and arr.flags.writeable:
-                owner = _owner(arr)
-                p = _pinned.get(id(owner))
-                if p is not None and p.count and p.owner() is owner:
+                p = _pinned_now(_owner(arr))
+                if p is not None:
                     p.add_view(arr)
             return
         if node._vjp is _freed or _state.trace is not None:
@@ -388,7 +388,7 @@ def writable(arr):
     load, an in-place operator): the caller bumps the version, which backward checks."""
     owner = _owner(arr)
     lifted = []
-    if _is_pinned(owner):
+    if _pinned_now(owner) is not None:
         for a in (owner, arr) if arr is not owner else (owner,):
             if not a.flags.writeable:
                 a.flags.writeable = True

@@ -102,13 +102,13 @@ class Interpreter:
     owns_carry = False          # is the final carry always a fresh array of its own? (see node._own_carry)
 
     def __init__(self, prog: Program):
-        self.hoisted = [e for e in prog.eqns if e.stage == "hoisted"]
-        self.once = any(e.stage == "once" for e in prog.eqns)
-        self.loop = [e for e in prog.eqns if e.stage == "loop"]
-        # positions, not equations: a call runs its own program (this one rebound to the call's
-        # constants and static values), whose equations are these at the same positions
+        # a call runs by positions, not these equations: its own program is this one rebound to
+        # the call's constants and static values, with its equations at the same positions
         self._hoisted_at = [i for i, e in enumerate(prog.eqns) if e.stage == "hoisted"]
         self._loop_at = [i for i, e in enumerate(prog.eqns) if e.stage == "loop"]
+        self.hoisted = [prog.eqns[i] for i in self._hoisted_at]
+        self.loop = [prog.eqns[i] for i in self._loop_at]
+        self.once = any(e.stage == "once" for e in prog.eqns)
         self.stacked = {e.out.id for e in self.hoisted} | {x.id for x in prog.xs_in}
         self.vars = {v.id: v for v in (*prog.xs_in, *(e.out for e in prog.eqns))}
         self.loop_reads_stacked = sorted({x.id for e in self.loop for x in e.vars_in() if x.id in self.stacked}
@@ -147,8 +147,8 @@ class Interpreter:
         prog = run.prog
         H = {x.id: X[t0:t1] for x, X in zip(prog.xs_in, run.xs)}
         htape = []
-        eqns = prog.eqns
-        for e in [eqns[i] for i in self._hoisted_at]:
+        for i in self._hoisted_at:
+            e = prog.eqns[i]
             stacked = [isinstance(x, Var) and x.id in H for x in e.inputs]
             operands = [(H[x.id] if s else run.env[x.id]) if isinstance(x, Var) else x.value
                         for x, s in zip(e.inputs, stacked)]
