@@ -250,19 +250,20 @@ class _Pinned:
     once, and then a pin is a count and a flag. It refers to the arrays weakly: a pin keeps
     nothing alive that no vjp keeps."""
 
-    __slots__ = ("key", "count", "owner", "views")
+    __slots__ = ("key", "count", "owner", "views", "prune_at")
 
     def __init__(self, owner):
         key = self.key = id(owner)
-        self.count, self.views = 0, []
+        self.count, self.views, self.prune_at = 0, [], 32
         self.owner = weakref.ref(owner, lambda ref: _forget(ref, key))
         _pinned[key] = self
 
     def add_view(self, arr):
         arr.setflags(write=False)
         views = self.views
-        if len(views) >= 32:                  # graphs that overlap never reach count 0: drop dead views
+        if len(views) >= self.prune_at:       # graphs that overlap never reach count 0: drop dead views,
             views[:] = [r for r in views if r() is not None]
+            self.prune_at = max(32, 2 * len(views))     # at most as often as the live ones double
         views.append(weakref.ref(arr))
 
     def release(self):
@@ -273,7 +274,7 @@ class _Pinned:
             a = ref()
             if a is not None:
                 a.setflags(write=True)     # setflags: half the cost of assigning flags.writeable
-        self.views = []
+        self.views, self.prune_at = [], 32
         _idle[self.key] = self
         if len(_idle) > IDLE_RECORDS:
             key, old = next(iter(_idle.items()))
